@@ -1,0 +1,1 @@
+"""The pure workflow engine: blueprints, evaluators, routing, node execution, built-ins."""
