@@ -1,0 +1,1 @@
+"""Queues: the Cloudflare pull/ack client, message decoding and an in-memory queue."""
