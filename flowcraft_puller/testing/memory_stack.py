@@ -1,0 +1,238 @@
+"""MemoryStack: the whole system in one process — in-memory queue, run store and consumers.
+
+It drives the real adapter with real concurrency, and can misbehave on purpose: deliver every
+message twice, deliver in random order, and abandon jobs between any two steps of
+``handle_job`` (a simulated crash) so that they are redelivered.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from flowcraft_puller.adapter import Adapter, AdapterSettings, JobAbandoned
+from flowcraft_puller.engine.blueprint import Blueprint, load_blueprint
+from flowcraft_puller.engine.evaluators import EvaluatorName
+from flowcraft_puller.engine.executor import ExecutionEnv
+from flowcraft_puller.engine.nodes import NodeImplementation
+from flowcraft_puller.engine.step import Engine
+from flowcraft_puller.queue.memory import MemoryQueue, MemoryQueueFaults
+from flowcraft_puller.queue.protocol import QueueMessage, Retry
+from flowcraft_puller.runstore.memory import MemoryRunStore
+from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStatus, RunView
+
+SETTLED: frozenset[RunStatus] = frozenset({*TERMINAL_STATUSES, "awaiting"})  # type: ignore[arg-type]
+CRASH_STEPS = ("decoded", "claimed", "executed", "committed")
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """A run as a test sees it once it settled."""
+
+    run_id: str
+    status: RunStatus
+    reason: str | None
+    context: dict[str, Any]
+    outputs: dict[str, Any]
+    invocations: dict[str, int]
+
+    @classmethod
+    def from_view(cls, view: RunView, invocations: Mapping[str, int]) -> RunResult:
+        outputs = {
+            k[len("_outputs.") :]: v for k, v in view.context.items() if k.startswith("_outputs.")
+        }
+        return cls(view.run_id, view.status, view.reason, view.context, outputs, dict(invocations))
+
+
+@dataclass(slots=True)
+class StackFaults:
+    """Misbehaviour to inject: duplicate and reordered deliveries, crashes between steps.
+
+    ``crash_rate`` is the chance that a delivery is abandoned at one random step of
+    ``handle_job``; each message crashes at most once, so every run still finishes.
+    """
+
+    duplicate: bool = False
+    reorder: bool = False
+    crash_rate: float = 0.0
+    seed: int = 0
+    crashes: list[tuple[str, str, str]] = field(default_factory=list)
+    """(run id, node id, step) of every simulated crash."""
+
+
+def load_blueprints(blueprints: Mapping[str, Any] | Iterable[Any]) -> dict[str, Blueprint]:
+    """Blueprints from :class:`Blueprint` objects or flowcraft JSON dicts, by id."""
+    items = blueprints.values() if isinstance(blueprints, Mapping) else blueprints
+    loaded = [b if isinstance(b, Blueprint) else load_blueprint(b) for b in items]
+    return {b.id: b for b in loaded}
+
+
+_current: contextvars.ContextVar[QueueMessage] = contextvars.ContextVar("flowcraft_current_message")
+
+
+class MemoryStack:
+    """``async with MemoryStack(blueprints=..., registry=...) as stack:`` then start/wait/resume."""
+
+    def __init__(
+        self,
+        *,
+        blueprints: Mapping[str, Any] | Iterable[Any],
+        registry: Mapping[str, NodeImplementation],
+        evaluator: EvaluatorName = "property",
+        concurrency: int = 8,
+        faults: StackFaults | None = None,
+        visibility_timeout_ms: int | None = None,
+        max_loop_iterations: int = 10_000,
+    ) -> None:
+        self.faults = faults or StackFaults()
+        self.concurrency = concurrency
+        noisy = self.faults.crash_rate > 0
+        self.visibility_timeout_ms = visibility_timeout_ms or (400 if noisy else 30_000)
+        self._rng = random.Random(self.faults.seed)
+        self._crashed: set[str] = set()
+        self.invocations: dict[str, Counter[str]] = defaultdict(Counter)
+        self.queue = MemoryQueue(
+            faults=MemoryQueueFaults(
+                duplicate=self.faults.duplicate,
+                reorder=self.faults.reorder,
+                rng=random.Random(self.faults.seed),
+            )
+        )
+        self.store = MemoryRunStore(self.queue)
+        env = ExecutionEnv(registry=registry, on_invoke=self._count)
+        self.engine = Engine(
+            blueprints=load_blueprints(blueprints),
+            env=env,
+            evaluator=evaluator,
+            hooks_base_url="http://memory-stack.invalid",
+            max_loop_iterations=max_loop_iterations,
+        )
+        settings = AdapterSettings(
+            lease_ms=self.visibility_timeout_ms, max_deliveries=100, skew_retry_seconds=1
+        )
+        checkpoint = self._checkpoint if self.faults.crash_rate > 0 else None
+        self.adapter = Adapter(self.engine, self.store, settings, checkpoint=checkpoint)
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def _count(self, run_id: str, node_id: str, attempt: int) -> None:
+        self.invocations[run_id][node_id] += 1
+
+    async def _checkpoint(self, step: str) -> None:
+        message = _current.get()
+        if message.id in self._crashed or self._rng.random() >= self.faults.crash_rate / len(
+            CRASH_STEPS
+        ):
+            return
+        self._crashed.add(message.id)
+        body = message.body if isinstance(message.body, dict) else {}
+        self.faults.crashes.append((str(body.get("runId")), str(body.get("nodeId")), step))
+        raise JobAbandoned(step)
+
+    async def __aenter__(self) -> MemoryStack:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._consume)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    async def _consume(self) -> None:
+        limiter = anyio.Semaphore(self.concurrency)
+        async with anyio.create_task_group() as group:
+            while True:
+                free = limiter.value
+                if free == 0:
+                    await limiter.acquire()
+                    limiter.release()
+                    continue
+                pulled = await self.queue.pull(min(free, 100), self.visibility_timeout_ms)
+                if not pulled.messages:
+                    await self.queue.wait_for_messages(0.05)
+                    continue
+                for message in pulled.messages:
+                    await limiter.acquire()
+                    group.start_soon(self._process, message, limiter)
+
+    async def _process(self, message: QueueMessage, limiter: anyio.Semaphore) -> None:
+        token = _current.set(message)
+        try:
+            deadline = time.monotonic() + self.visibility_timeout_ms / 1000
+            try:
+                outcome = await self.adapter.handle_job(message, deadline=deadline)
+            except JobAbandoned:
+                return
+            if outcome.action == "ack":
+                await self.queue.ack([message.lease_id], [])
+            elif outcome.action == "retry":
+                await self.queue.ack([], [Retry(message.lease_id, outcome.delay_seconds)])
+        finally:
+            _current.reset(token)
+            limiter.release()
+
+    async def start(
+        self,
+        blueprint_id: str,
+        context: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> str:
+        return await self.adapter.start_run(blueprint_id, context, run_id=run_id)
+
+    async def wait(self, run_id: str, timeout: float = 10.0) -> RunResult:
+        """The run once it is completed, failed, cancelled or awaiting (TimeoutError otherwise)."""
+        with anyio.fail_after(timeout):
+            while True:
+                changed = self.store.changed(run_id)
+                view = await self.store.get(run_id)
+                if view.status in SETTLED:
+                    return RunResult.from_view(view, self.invocations[run_id])
+                await changed.wait()
+
+    async def resume(
+        self,
+        run_id: str,
+        action: str | None = None,
+        output: Any = None,
+        *,
+        node_id: str | None = None,
+    ) -> None:
+        await self.adapter.resume_with_action(run_id, action, output, node_id=node_id)
+
+    async def cancel(self, run_id: str) -> None:
+        await self.adapter.cancel(run_id)
+
+
+def run_workflow(
+    blueprints: Mapping[str, Any] | Iterable[Any],
+    registry: Mapping[str, NodeImplementation],
+    blueprint_id: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    timeout: float = 30.0,
+    **options: Any,
+) -> RunResult:
+    """Run one workflow to a settled status in a fresh :class:`MemoryStack` (synchronously)."""
+
+    async def main() -> RunResult:
+        async with MemoryStack(blueprints=blueprints, registry=registry, **options) as stack:
+            run_id = await stack.start(blueprint_id, context)
+            return await stack.wait(run_id, timeout=timeout)
+
+    return anyio.run(main)
