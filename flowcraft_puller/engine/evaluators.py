@@ -37,7 +37,7 @@ class PropertyEvaluator:
     name: EvaluatorName = "property"
 
     def evaluate(self, expression: str, scope: Mapping[str, object]) -> object:
-        if not _PROPERTY_PATH.match(expression):
+        if not _PROPERTY_PATH.fullmatch(expression):
             return UNDEFINED
         head, *rest = expression.split(".")
         if head not in scope:
@@ -50,7 +50,7 @@ class PropertyEvaluator:
         return current
 
     def check(self, expression: str) -> str | None:
-        if not _PROPERTY_PATH.match(expression):
+        if not _PROPERTY_PATH.fullmatch(expression):
             return (
                 "the property evaluator accepts only dotted paths such as 'result.output.ok'; "
                 "this expression always evaluates to undefined (set the evaluator to "

@@ -73,10 +73,5 @@ def test_make_evaluator_builds_the_property_evaluator() -> None:
     assert make_evaluator("property").name == "property"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluators.py uses re.match, whose '$' also matches before a trailing newline "
-    "(JavaScript's does not); _PROPERTY_PATH.fullmatch would fix it",
-)
 def test_a_trailing_newline_is_an_invalid_character() -> None:
     assert PropertyEvaluator().evaluate("v\n", {"v\n": 1}) is UNDEFINED
