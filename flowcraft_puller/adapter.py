@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -253,7 +254,11 @@ class Adapter:
                 ),
             )
 
-        step = await self.engine.run(node_job, record)
+        try:
+            step = await self.engine.run(node_job, record)
+        except anyio.get_cancelled_exc_class():
+            await self._release(job.run_id, node.id, claim, token)
+            raise
         await self._step("executed")
         if isinstance(step, Deferred):
             await self.store.attempts(
@@ -270,6 +275,20 @@ class Adapter:
             )
             return JobOutcome("ack", "deferred", reason=step.message)
         return await self._settle(node_job, step, token, deadline)
+
+    async def _release(self, run_id: str, node_id: str, claim: ClaimResponse, token: str) -> None:
+        """Drop our lease when a job is cancelled (shutdown), so a redelivery can run at once."""
+        with anyio.move_on_after(2, shield=True):
+            await self.store.attempts(
+                run_id,
+                AttemptsRequest(
+                    node_id=node_id,
+                    gen=claim.gen,
+                    token=token,
+                    attempts=claim.attempts,
+                    release=True,
+                ),
+            )
 
     @staticmethod
     def _node(blueprint: Blueprint | None, job: JobMessage) -> NodeDef | None:

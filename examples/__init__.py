@@ -1,0 +1,1 @@
+"""The example workflow that ``flowcraft-puller dev`` runs."""
