@@ -14,16 +14,31 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
 import structlog
 
-from flowcraft_puller.adapter import Adapter, JobOutcome
+from flowcraft_puller.adapter import JobOutcome
 from flowcraft_puller.queue.protocol import Queue, QueueMessage, Retry
 
 log = structlog.get_logger("flowcraft_puller.supervisor")
+
+
+class JobHandler(Protocol):
+    """Runs one job and says what to do with its message (``Adapter`` is one)."""
+
+    async def handle_job(
+        self, message: QueueMessage, *, deadline: float | None = None
+    ) -> JobOutcome: ...
+
+
+@runtime_checkable
+class NotifyingQueue(Protocol):
+    """A queue that can wake an idle consumer when messages arrive (in-process queues)."""
+
+    async def wait_for_messages(self, timeout: float) -> None: ...
 
 
 class SupervisorEvents(Protocol):
@@ -221,7 +236,7 @@ class Supervisor:
 
     def __init__(
         self,
-        adapter: Adapter,
+        adapter: JobHandler,
         queues: Sequence[QueueBinding],
         settings: SupervisorSettings | None = None,
         *,
@@ -319,6 +334,20 @@ class Supervisor:
         with anyio.move_on_after(seconds):
             await self._state.stopping.wait()
 
+    async def _idle(self, binding: QueueBinding, seconds: float) -> None:
+        """Back off after an empty pull; an in-process queue can cut the wait short."""
+        if not isinstance(binding.queue, NotifyingQueue):
+            await self._pause(seconds)
+            return
+        async with anyio.create_task_group() as race:
+
+            async def until(waiter: Awaitable[None]) -> None:
+                await waiter
+                race.cancel_scope.cancel()
+
+            race.start_soon(until, binding.queue.wait_for_messages(seconds))
+            race.start_soon(until, self._state.stopping.wait())
+
     async def _pull_loop(
         self, binding: QueueBinding, index: int, jobs: anyio.abc.TaskGroup
     ) -> None:
@@ -354,7 +383,7 @@ class Supervisor:
                 self.pool.give_back(len(messages))
                 return
             if not messages:
-                await self._pause(backoff * random.uniform(0.8, 1.2))
+                await self._idle(binding, backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, settings.idle_backoff_max_s)
                 continue
             backoff = settings.idle_backoff_min_s

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import random
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,16 +18,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from flowcraft_puller.adapter import Adapter, AdapterSettings, JobAbandoned
+from flowcraft_puller.adapter import Adapter, AdapterSettings, JobAbandoned, JobOutcome
 from flowcraft_puller.engine.blueprint import Blueprint, load_blueprint
 from flowcraft_puller.engine.evaluators import EvaluatorName
 from flowcraft_puller.engine.executor import ExecutionEnv
 from flowcraft_puller.engine.nodes import NodeImplementation
 from flowcraft_puller.engine.step import Engine
 from flowcraft_puller.queue.memory import MemoryQueue, MemoryQueueFaults
-from flowcraft_puller.queue.protocol import QueueMessage, Retry
+from flowcraft_puller.queue.protocol import QueueMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
 from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStatus, RunView
+from flowcraft_puller.supervisor import QueueBinding, Supervisor, SupervisorSettings
 
 SETTLED: frozenset[RunStatus] = frozenset({*TERMINAL_STATUSES, "awaiting"})  # type: ignore[arg-type]
 CRASH_STEPS = ("decoded", "claimed", "executed", "committed")
@@ -79,6 +79,24 @@ def load_blueprints(blueprints: Mapping[str, Any] | Iterable[Any]) -> dict[str, 
 _current: contextvars.ContextVar[QueueMessage] = contextvars.ContextVar("flowcraft_current_message")
 
 
+class _Abandoning:
+    """Turns a simulated crash into a message left leased (redelivered after its timeout)."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+
+    async def handle_job(
+        self, message: QueueMessage, *, deadline: float | None = None
+    ) -> JobOutcome:
+        token = _current.set(message)
+        try:
+            return await self.adapter.handle_job(message, deadline=deadline)
+        except JobAbandoned:
+            return JobOutcome("leave", "abandoned")
+        finally:
+            _current.reset(token)
+
+
 class MemoryStack:
     """``async with MemoryStack(blueprints=..., registry=...) as stack:`` then start/wait/resume."""
 
@@ -96,7 +114,7 @@ class MemoryStack:
         self.faults = faults or StackFaults()
         self.concurrency = concurrency
         noisy = self.faults.crash_rate > 0
-        self.visibility_timeout_ms = visibility_timeout_ms or (400 if noisy else 30_000)
+        self.visibility_timeout_ms = visibility_timeout_ms or (250 if noisy else 30_000)
         self._rng = random.Random(self.faults.seed)
         self._crashed: set[str] = set()
         self.invocations: dict[str, Counter[str]] = defaultdict(Counter)
@@ -121,6 +139,22 @@ class MemoryStack:
         )
         checkpoint = self._checkpoint if self.faults.crash_rate > 0 else None
         self.adapter = Adapter(self.engine, self.store, settings, checkpoint=checkpoint)
+        self.supervisor = Supervisor(
+            _Abandoning(self.adapter),
+            [
+                QueueBinding(
+                    "memory", self.queue, visibility_timeout_s=self.visibility_timeout_ms / 1000
+                )
+            ],
+            SupervisorSettings(
+                concurrency=concurrency,
+                idle_backoff_min_s=0.002,
+                idle_backoff_max_s=0.05,
+                ack_linger_s=0.001,
+                fill_wait_s=0.0,
+                lease_margin_s=0.0,
+            ),
+        )
         self._task_group: anyio.abc.TaskGroup | None = None
 
     def _count(self, run_id: str, node_id: str, attempt: int) -> None:
@@ -140,7 +174,7 @@ class MemoryStack:
     async def __aenter__(self) -> MemoryStack:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._consume)
+        self._task_group.start_soon(self.supervisor.run)
         return self
 
     async def __aexit__(
@@ -152,39 +186,6 @@ class MemoryStack:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
         return await self._task_group.__aexit__(exc_type, exc, tb)
-
-    async def _consume(self) -> None:
-        limiter = anyio.Semaphore(self.concurrency)
-        async with anyio.create_task_group() as group:
-            while True:
-                free = limiter.value
-                if free == 0:
-                    await limiter.acquire()
-                    limiter.release()
-                    continue
-                pulled = await self.queue.pull(min(free, 100), self.visibility_timeout_ms)
-                if not pulled.messages:
-                    await self.queue.wait_for_messages(0.05)
-                    continue
-                for message in pulled.messages:
-                    await limiter.acquire()
-                    group.start_soon(self._process, message, limiter)
-
-    async def _process(self, message: QueueMessage, limiter: anyio.Semaphore) -> None:
-        token = _current.set(message)
-        try:
-            deadline = time.monotonic() + self.visibility_timeout_ms / 1000
-            try:
-                outcome = await self.adapter.handle_job(message, deadline=deadline)
-            except JobAbandoned:
-                return
-            if outcome.action == "ack":
-                await self.queue.ack([message.lease_id], [])
-            elif outcome.action == "retry":
-                await self.queue.ack([], [Retry(message.lease_id, outcome.delay_seconds)])
-        finally:
-            _current.reset(token)
-            limiter.release()
 
     async def start(
         self,
