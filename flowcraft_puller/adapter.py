@@ -205,7 +205,7 @@ class Adapter:
         token = uuid.uuid4().hex
         lease_ms = self.settings.lease_ms
         if deadline is not None:
-            lease_ms = max(1_000, int((deadline - time.monotonic()) * 1000))
+            lease_ms = max(100, int((deadline - time.monotonic()) * 1000))
         try:
             claim = await self.store.claim(
                 job.run_id,

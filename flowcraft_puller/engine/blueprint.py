@@ -83,6 +83,13 @@ class NodeDef(_Frozen):
     def _freeze_params(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
         return MappingProxyType(dict(value))
 
+    @field_validator("inputs", mode="after")
+    @classmethod
+    def _freeze_inputs(
+        cls, value: str | Mapping[str, str] | None
+    ) -> str | Mapping[str, str] | None:
+        return MappingProxyType(dict(value)) if isinstance(value, Mapping) else value
+
 
 class EdgeDef(_Frozen):
     """A directed edge; ``action`` and ``condition`` gate it, ``transform`` shapes the input."""
@@ -101,6 +108,11 @@ class Blueprint(_Frozen):
     nodes: tuple[NodeDef, ...]
     edges: tuple[EdgeDef, ...] = ()
     metadata: Mapping[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata", mode="after")
+    @classmethod
+    def _freeze_metadata(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        return MappingProxyType(dict(value))
 
     @cached_property
     def version(self) -> str | None:
@@ -204,11 +216,12 @@ def _validate_items(
     field: str,
     blueprint_id: str,
     issues: list[BlueprintIssue],
-) -> list[Any]:
+) -> list[tuple[int, Any]]:
+    """The items that validate, each with its index in the source."""
     valid = []
     for index, item in enumerate(items):
         try:
-            valid.append(model.model_validate(item))
+            valid.append((index, model.model_validate(item)))
         except ValidationError as exc:
             for error in exc.errors():
                 issues.append(
@@ -237,8 +250,10 @@ def load_blueprint(data: object) -> Blueprint:
     if not raw_nodes and isinstance(data.get("nodes"), (list, Mapping, type(None))):
         issues.append(BlueprintIssue(blueprint_id, "nodes", "must contain at least one node"))
     raw_edges = _items(data.get("edges"), "edges", blueprint_id, issues)
-    nodes = _validate_items(NodeDef, raw_nodes, "nodes", blueprint_id, issues)
-    edges = _validate_items(EdgeDef, raw_edges, "edges", blueprint_id, issues)
+    valid_nodes = _validate_items(NodeDef, raw_nodes, "nodes", blueprint_id, issues)
+    valid_edges = _validate_items(EdgeDef, raw_edges, "edges", blueprint_id, issues)
+    nodes = [node for _, node in valid_nodes]
+    edges = [edge for _, edge in valid_edges]
     metadata = data.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         issues.append(BlueprintIssue(blueprint_id, "metadata", "must be an object"))
@@ -249,7 +264,15 @@ def load_blueprint(data: object) -> Blueprint:
     declared = {
         n["id"] for n in raw_nodes if isinstance(n, Mapping) and isinstance(n.get("id"), str)
     }
-    issues.extend(check_graph(blueprint, declared_ids=declared))
+    issues.extend(
+        check_graph(
+            blueprint,
+            declared_ids=declared,
+            node_positions=[index for index, _ in valid_nodes],
+            edge_positions=[index for index, _ in valid_edges],
+            check_start=not issues,
+        )
+    )
     errors = [issue for issue in issues if issue.severity == "error"]
     if errors:
         raise BlueprintError(blueprint_id, errors)

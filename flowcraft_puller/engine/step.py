@@ -172,7 +172,7 @@ class Engine:
             snapshot=job.snapshot,
             done=job.attempts_done if node is job.node else 0,
             last_error=job.last_error if node is job.node else None,
-            deadline=job.deadline,
+            deadline=job.deadline if node is job.node else None,
             seed_writes=seed,
         )
         env = (

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from flowcraft_puller.engine.blueprint import BUILTIN_USES, Blueprint
 from flowcraft_puller.engine.durations import DurationError, parse_duration_ms
 from flowcraft_puller.engine.errors import BlueprintIssue
 from flowcraft_puller.engine.evaluators import Evaluator
+from flowcraft_puller.engine.jsvalues import UNDEFINED
 
 
-def check_graph(blueprint: Blueprint, *, declared_ids: Collection[str]) -> list[BlueprintIssue]:
+def check_graph(
+    blueprint: Blueprint,
+    *,
+    declared_ids: Collection[str],
+    node_positions: Sequence[int] | None = None,
+    edge_positions: Sequence[int] | None = None,
+    check_start: bool = True,
+) -> list[BlueprintIssue]:
     """Structural errors: duplicate ids, dangling edges and fallbacks, mis-wired built-ins.
 
     ``declared_ids`` holds every node id present in the source, including nodes that failed
@@ -18,6 +26,8 @@ def check_graph(blueprint: Blueprint, *, declared_ids: Collection[str]) -> list[
     """
     bp = blueprint
     issues: list[BlueprintIssue] = []
+    node_at = node_positions or range(len(bp.nodes))
+    edge_at = edge_positions or range(len(bp.edges))
 
     def error(path: str, message: str) -> None:
         issues.append(BlueprintIssue(bp.id, path, message))
@@ -26,8 +36,8 @@ def check_graph(blueprint: Blueprint, *, declared_ids: Collection[str]) -> list[
     for index, node in enumerate(bp.nodes):
         if node.id in seen:
             error(
-                f"nodes[{index}].id",
-                f"duplicate node id {node.id!r} (first at nodes[{seen[node.id]}])",
+                f"nodes[{node_at[index]}].id",
+                f"duplicate node id {node.id!r} (first at nodes[{node_at[seen[node.id]]}])",
             )
         else:
             seen[node.id] = index
@@ -35,17 +45,17 @@ def check_graph(blueprint: Blueprint, *, declared_ids: Collection[str]) -> list[
         for end in ("source", "target"):
             node_id = getattr(edge, end)
             if node_id not in declared_ids:
-                error(f"edges[{index}].{end}", f"unknown node {node_id!r}")
+                error(f"edges[{edge_at[index]}].{end}", f"unknown node {node_id!r}")
     for index, node in enumerate(bp.nodes):
-        path = f"nodes[{index}]"
+        path = f"nodes[{node_at[index]}]"
         fallback = node.config.fallback
         if fallback is not None:
             if fallback == node.id:
                 error(f"{path}.config.fallback", "a node cannot be its own fallback")
             elif fallback not in declared_ids:
                 error(f"{path}.config.fallback", f"names no node of this blueprint: {fallback!r}")
-        issues.extend(_check_builtin(bp, index))
-    if bp.nodes and not issues and not bp.analysis.start_nodes:
+        issues.extend(_check_builtin(bp, index, path))
+    if check_start and bp.nodes and not issues and not bp.analysis.start_nodes:
         error(
             "nodes",
             "no start node: every node has an incoming edge or is another node's fallback",
@@ -53,9 +63,8 @@ def check_graph(blueprint: Blueprint, *, declared_ids: Collection[str]) -> list[
     return issues
 
 
-def _check_builtin(bp: Blueprint, index: int) -> list[BlueprintIssue]:
+def _check_builtin(bp: Blueprint, index: int, path: str) -> list[BlueprintIssue]:
     node = bp.nodes[index]
-    path = f"nodes[{index}]"
     issues: list[BlueprintIssue] = []
 
     def error(field: str, message: str) -> None:
@@ -127,7 +136,7 @@ def lint_blueprint(
             )
         if node.uses == "sleep":
             try:
-                parse_duration_ms(node.id, node.params.get("duration"))
+                parse_duration_ms(node.id, node.params.get("duration", UNDEFINED))
             except DurationError as exc:
                 warn(f"{path}.params.duration", str(exc))
         if node.uses == "loop-controller" and isinstance(node.params.get("condition"), str):

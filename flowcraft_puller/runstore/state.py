@@ -420,13 +420,11 @@ class RunState:
             return CommitResponse(status=self.status, stale=stale)
         released: list[NodeRef] = []
         self._rearm(request.rearm)
-        gather_gens: dict[str, int] = {}
         for spec in request.dynamic:
             self.dynamic[spec.node_id] = DynamicInfo(node, spec.model_dump())
             gather = self._record(spec.gather, self.gens[spec.gather])
             if spec.node_id not in gather.dynamic_preds:
                 gather.dynamic_preds.append(spec.node_id)
-            gather_gens[spec.gather] = self.gens[spec.gather]
             self._release(spec.node_id, 0)
             released.append(NodeRef(node_id=spec.node_id, gen=0))
         for target in request.arrivals:
@@ -500,6 +498,9 @@ class RunState:
                 record.state = "failed"
                 record.last_error = request.reason
                 self.pending.discard((request.node_id, request.gen))
+                if (request.node_id, request.gen) in self.awaiting:
+                    self.awaiting.discard((request.node_id, request.gen))
+                    self._set_awaiting_keys()
         if self.status not in TERMINAL_STATUSES:
             self._terminate("failed", request.reason, now_ms)
         return StatusResponse(status=self.status, reason=self.reason)
