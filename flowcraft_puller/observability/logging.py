@@ -11,6 +11,7 @@ tests): loggers that were already cached keep working and follow the new setting
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -62,6 +63,9 @@ _LEVELS: Final = {
 
 _CHATTY_LOGGERS: Final = ("httpx", "httpcore", "uvicorn.error")
 """Libraries that log every request at INFO; they are held at WARNING unless the level is debug."""
+
+_OWN_HANDLER_LOGGERS: Final = ("uvicorn", "uvicorn.error")
+"""Loggers that uvicorn's default config gives handlers of their own; they go to the root."""
 
 
 class InvalidLogLevel(ValueError):
@@ -129,7 +133,8 @@ class _Output:
         self._lock = threading.Lock()
 
     def write_line(self, line: str) -> None:
-        with self._lock:
+        """Write one line; a closed or broken stream drops it rather than failing the caller."""
+        with self._lock, contextlib.suppress(OSError, ValueError):
             self.stream.write(line + "\n")
             self.stream.flush()
 
@@ -267,6 +272,10 @@ def configure_logging(
         )
     )
     root.addHandler(handler)
+    for name in _OWN_HANDLER_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
     access = logging.getLogger("uvicorn.access")
     access.disabled = True
     access.propagate = False
@@ -282,4 +291,6 @@ def _apply_level(level: int) -> None:
     _install_level(level)
     logging.getLogger().setLevel(level)
     for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
+        logging.getLogger(name).setLevel(
+            level if level <= logging.DEBUG else max(level, logging.WARNING)
+        )

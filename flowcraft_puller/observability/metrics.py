@@ -9,12 +9,11 @@ their label children, so a finished job costs a dictionary lookup and two increm
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import structlog
 from prometheus_client import (
-    GC_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -46,9 +45,8 @@ JOB_OUTCOMES: Final = (
     "store_unavailable",
     "error",
     "lease_expired",
-    "interrupted",
 )
-"""``JobOutcome.outcome`` values of the adapter, plus ``interrupted`` (cut short by shutdown)."""
+"""The adapter's ``JobOutcome.outcome`` values."""
 
 RETRY_REASONS: Final = (
     "busy",
@@ -151,7 +149,9 @@ class LabelSet:
             return value
         if value not in self._reported and len(self._reported) < self._REPORT_LIMIT:
             self._reported.add(value)
-            log.warning("label value outside its set; counted as other", label=self.label, value=value)
+            log.warning(
+                "label value outside its set; counted as other", label=self.label, value=value
+            )
         return OTHER
 
 
@@ -174,7 +174,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry) if GC_COLLECTOR is not None else None
+        GCCollector(registry=self.registry)
         self._queues: set[str] = set()
         self._blueprints: set[str] = set()
         self._outcomes = LabelSet("outcome", JOB_OUTCOMES)
@@ -186,13 +186,16 @@ class Metrics:
         self._define(version)
         self._jobs: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._nodes: dict[tuple[str, str], Histogram] = {}
+        self._retries: dict[tuple[str, str], Counter] = {}
         self._api: dict[tuple[str, int | None], tuple[Counter, Histogram]] = {}
         self.declare_queues(queues)
         self.declare_blueprints(blueprints)
 
     def _define(self, version: str) -> None:
         r = self.registry
-        info = Gauge("flowcraft_build_info", "Build information; always 1.", ["version"], registry=r)
+        info = Gauge(
+            "flowcraft_build_info", "Build information; always 1.", ["version"], registry=r
+        )
         info.labels(version).set(1)
         self.messages_pulled = Counter(
             "flowcraft_messages_pulled_total", "Messages leased by pulls.", ["queue"], registry=r
@@ -420,7 +423,13 @@ class Metrics:
         self.messages_acked.labels(queue).inc(count)
 
     def retried(self, queue: str, reason: str, count: int = 1) -> None:
-        self.messages_retried.labels(queue, self._retry_reasons.normalise(reason)).inc(count)
+        series = self._retries.get((queue, reason))
+        if series is None:
+            key = (queue, self._retry_reasons.normalise(reason))
+            series = self._retries.get(key)
+            if series is None:
+                series = self._retries[key] = self.messages_retried.labels(*key)
+        series.inc(count)
 
     def rejected(self, queue: str, reason: str) -> None:
         self.messages_rejected.labels(queue, self._reject_reasons.normalise(reason)).inc()
@@ -461,6 +470,3 @@ class Metrics:
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "error").inc()
-
-
-TimeSource = Callable[[], float]

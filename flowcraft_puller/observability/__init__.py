@@ -1,0 +1,1 @@
+"""Observability: structured logs, Prometheus metrics, health probes and systemd notify."""

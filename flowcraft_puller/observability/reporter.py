@@ -1,0 +1,72 @@
+"""The supervisor's events (``supervisor.SupervisorEvents``) recorded as metrics and health state.
+
+Pull attempts are deliberately not taken as the supervisor's heartbeat: a saturated pool of
+long jobs stops pulling for minutes while perfectly healthy.
+"""
+
+from __future__ import annotations
+
+from flowcraft_puller.adapter import JobOutcome
+from flowcraft_puller.observability.health import HealthState
+from flowcraft_puller.observability.metrics import Metrics
+
+_REJECT_REASON_MARKERS = (
+    ("malformed job body", "malformed"),
+    ("does not exist", "run_not_found"),
+    ("deliveries)", "unknown_blueprint"),
+)
+
+
+def reject_reason(reason: str | None) -> str:
+    """A bounded reject reason from the adapter's text; a message that failed decoding otherwise.
+
+    Interim: it reads the adapter's wording until ``JobOutcome`` carries a reason code.
+    """
+    text = reason or ""
+    for marker, code in _REJECT_REASON_MARKERS:
+        if marker in text:
+            return code
+    return "undecodable"
+
+
+class Reporter:
+    """Implements the supervisor's event protocol on top of :class:`Metrics` and
+    :class:`HealthState`."""
+
+    def __init__(self, metrics: Metrics, health: HealthState) -> None:
+        self.metrics = metrics
+        self.health = health
+
+    def pulled(self, queue: str, count: int, backlog: int | None) -> None:
+        self.metrics.pulled(queue, count, backlog)
+        self.health.pull_succeeded()
+
+    def pull_failed(self, queue: str, error: BaseException) -> None:
+        self.metrics.pull_failed(queue)
+
+    def job_finished(self, queue: str, blueprint: str, outcome: JobOutcome, seconds: float) -> None:
+        name = outcome.outcome
+        self.metrics.job_finished(queue, blueprint, name, seconds)
+        if outcome.action == "retry":
+            self.metrics.retried(queue, name)
+        elif name == "rejected":
+            self.metrics.rejected(queue, reject_reason(outcome.reason))
+        elif name == "lease_expired":
+            self.metrics.leases_expired(queue)
+
+    def in_flight(self, count: int) -> None:
+        self.metrics.set_in_flight(count)
+
+    def acked(self, queue: str, acks: int, retries: int) -> None:
+        """Retries were already counted, with their reason, when the job finished."""
+        self.metrics.acked(queue, acks)
+
+    def ack_failed(self, queue: str, error: BaseException) -> None:
+        """Nothing to count here: the queue client counts the failed request itself."""
+
+    def draining(self) -> None:
+        self.metrics.set_draining(True)
+        self.health.begin_draining()
+
+    def handed_back(self, queue: str, count: int) -> None:
+        self.metrics.handed_back(queue, count)
