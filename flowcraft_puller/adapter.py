@@ -53,6 +53,7 @@ from flowcraft_puller.runstore.protocol import (
 log = structlog.get_logger("flowcraft_puller.adapter")
 
 Action = Literal["ack", "retry", "leave"]
+RejectCode = Literal["undecodable", "malformed", "unknown_blueprint", "run_not_found"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ class JobOutcome:
     outcome: str
     delay_seconds: int = 0
     reason: str | None = None
+    reject: RejectCode | None = None
+    """Why a message was rejected (``outcome == "rejected"``), as a bounded code."""
 
 
 class JobAbandoned(Exception):
@@ -164,20 +167,22 @@ class Adapter:
                 "retry", "error", self.settings.error_retry_seconds, f"{type(exc).__name__}: {exc}"
             )
 
-    def _reject(self, message: QueueMessage, reason: str) -> JobOutcome:
-        log.error("rejected job message", message_id=message.id, reason=reason)
-        return JobOutcome("ack", "rejected", reason=reason)
+    def _reject(self, message: QueueMessage, reason: str, code: RejectCode) -> JobOutcome:
+        log.error("rejected job message", message_id=message.id, reason=reason, code=code)
+        return JobOutcome("ack", "rejected", reason=reason, reject=code)
 
     def _last_delivery(self, message: QueueMessage) -> bool:
         return message.attempts >= self.settings.max_deliveries
 
     async def _handle(self, message: QueueMessage, deadline: float | None) -> JobOutcome:
         if message.decode_error is not None:
-            return self._reject(message, message.decode_error)
+            return self._reject(message, message.decode_error, "undecodable")
         try:
             job = JobMessage.model_validate(message.body)
         except ValidationError as exc:
-            return self._reject(message, f"malformed job body: {_describe_validation(exc)}")
+            return self._reject(
+                message, f"malformed job body: {_describe_validation(exc)}", "malformed"
+            )
         structlog.contextvars.bind_contextvars(
             run_id=job.run_id, blueprint_id=job.blueprint_id, node_id=job.node_id
         )
@@ -198,7 +203,8 @@ class Adapter:
                 else f"node {job.node_id!r} is not in blueprint {job.blueprint_id!r}"
             )
             if self._last_delivery(message):
-                return self._reject(message, f"{what} (after {message.attempts} deliveries)")
+                reason = f"{what} (after {message.attempts} deliveries)"
+                return self._reject(message, reason, "unknown_blueprint")
             log.warning("job for unknown blueprint or node; retrying", reason=what)
             return JobOutcome("retry", "unknown_blueprint", self.settings.skew_retry_seconds, what)
         await self._step("decoded")
@@ -218,7 +224,7 @@ class Adapter:
                 ),
             )
         except RunNotFound:
-            return self._reject(message, f"run {job.run_id!r} does not exist")
+            return self._reject(message, f"run {job.run_id!r} does not exist", "run_not_found")
         await self._step("claimed")
         state = claim.state
         if state in ("terminal", "completed", "not_ready"):

@@ -10,24 +10,6 @@ from flowcraft_puller.adapter import JobOutcome
 from flowcraft_puller.observability.health import HealthState
 from flowcraft_puller.observability.metrics import Metrics
 
-_REJECT_REASON_MARKERS = (
-    ("malformed job body", "malformed"),
-    ("does not exist", "run_not_found"),
-    ("deliveries)", "unknown_blueprint"),
-)
-
-
-def reject_reason(reason: str | None) -> str:
-    """A bounded reject reason from the adapter's text; a message that failed decoding otherwise.
-
-    Interim: it reads the adapter's wording until ``JobOutcome`` carries a reason code.
-    """
-    text = reason or ""
-    for marker, code in _REJECT_REASON_MARKERS:
-        if marker in text:
-            return code
-    return "undecodable"
-
 
 class Reporter:
     """Implements the supervisor's event protocol on top of :class:`Metrics` and
@@ -50,7 +32,7 @@ class Reporter:
         if outcome.action == "retry":
             self.metrics.retried(queue, name)
         elif name == "rejected":
-            self.metrics.rejected(queue, reject_reason(outcome.reason))
+            self.metrics.rejected(queue, outcome.reject or "other")
         elif name == "lease_expired":
             self.metrics.leases_expired(queue)
 

@@ -85,7 +85,9 @@ async def test_an_undecodable_message_is_rejected_with_the_decode_error() -> Non
     outcome = await handle(
         adapter_for(flow()), message(decode_error="invalid JSON at line 1 column 2")
     )
-    assert outcome == JobOutcome("ack", "rejected", reason="invalid JSON at line 1 column 2")
+    assert outcome == JobOutcome(
+        "ack", "rejected", reason="invalid JSON at line 1 column 2", reject="undecodable"
+    )
 
 
 @pytest.mark.parametrize("body", [None, [1, 2], "text", 5, True])
@@ -154,6 +156,7 @@ async def test_an_unknown_blueprint_is_retried_until_the_last_delivery_then_reje
         "ack",
         "rejected",
         reason=f"blueprint 'elsewhere' is not loaded (after {MAX_DELIVERIES} deliveries)",
+        reject="unknown_blueprint",
     )
 
 
@@ -181,7 +184,9 @@ async def test_a_dynamic_job_for_an_unknown_gather_is_an_unknown_node() -> None:
 
 async def test_a_job_for_a_run_that_does_not_exist_is_rejected() -> None:
     outcome = await handle(adapter_for(flow()), message(job(run_id="no-such-run")))
-    assert outcome == JobOutcome("ack", "rejected", reason="run 'no-such-run' does not exist")
+    assert outcome == JobOutcome(
+        "ack", "rejected", reason="run 'no-such-run' does not exist", reject="run_not_found"
+    )
 
 
 async def test_a_job_for_a_node_that_was_not_released_is_acked_as_stale() -> None:

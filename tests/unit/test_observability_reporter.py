@@ -13,7 +13,7 @@ from flowcraft_puller.engine.executor import ExecutionEnv
 from flowcraft_puller.engine.step import Engine
 from flowcraft_puller.observability.health import HealthState
 from flowcraft_puller.observability.metrics import Metrics
-from flowcraft_puller.observability.reporter import Reporter, reject_reason
+from flowcraft_puller.observability.reporter import Reporter
 from flowcraft_puller.queue.memory import MemoryQueue
 from flowcraft_puller.queue.protocol import OutgoingMessage, QueueMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
@@ -142,9 +142,9 @@ def _message(
         (_message({"runId": "r1", "blueprintId": "flow", "nodeId": "A"}), "run_not_found"),
     ],
 )
-async def test_the_adapters_reject_texts_map_to_their_reason_codes(
+async def test_every_adapter_rejection_carries_its_reason_code(
     message: QueueMessage, reason: str
 ) -> None:
     outcome = await _adapter().handle_job(message)
     assert outcome.outcome == "rejected"
-    assert reject_reason(outcome.reason) == reason
+    assert outcome.reject == reason
