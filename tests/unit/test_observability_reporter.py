@@ -40,12 +40,12 @@ class ScriptedHandler:
         if self.hold is not None:
             await self.hold.wait()
         self.handled += 1
-        action, outcome, reason = message.body["script"]
-        return JobOutcome(action, outcome, 5 if action == "retry" else 0, reason)
+        action, outcome, reject = message.body["script"]
+        return JobOutcome(action, outcome, 5 if action == "retry" else 0, reject=reject)
 
 
-def job(action: str, outcome: str, reason: str | None = None) -> OutgoingMessage:
-    return OutgoingMessage({"blueprintId": "orders", "script": [action, outcome, reason]})
+def job(action: str, outcome: str, reject: str | None = None) -> OutgoingMessage:
+    return OutgoingMessage({"blueprintId": "orders", "script": [action, outcome, reject]})
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -56,7 +56,7 @@ async def test_a_supervised_run_is_counted_by_outcome_and_marks_pulls_and_draini
     queue = MemoryQueue()
     await queue.send_batch(
         [job("ack", "completed")] * 5
-        + [job("retry", "busy"), job("ack", "rejected", "malformed job body: runId: missing")]
+        + [job("retry", "busy"), job("ack", "rejected", "malformed")]
         + [job("leave", "lease_expired")]
     )
     metrics = Metrics(queues=["jobs"], blueprints=["orders"])
