@@ -34,7 +34,6 @@ from tenacity import (
 from flowcraft_puller.queue.decoding import content_type_of, decode_body
 from flowcraft_puller.queue.errors import (
     QueueConfigError,
-    QueueError,
     QueueRateLimited,
     QueueRequestRejected,
     QueueUnavailable,
@@ -156,7 +155,9 @@ class CloudflareQueue:
             "batch": f"{base}/batch",
         }
         self._backoff = wait_exponential_jitter(
-            initial=self.retry.initial_backoff, max=self.retry.max_backoff
+            multiplier=self.retry.initial_backoff,
+            max=self.retry.max_backoff,
+            jitter=self.retry.initial_backoff,
         )
 
     async def __aenter__(self) -> CloudflareQueue:
@@ -190,8 +191,7 @@ class CloudflareQueue:
         """Ack and retry leased messages, at most 100 entries per request."""
         entries: list[tuple[str, dict[str, Any]]] = [("acks", {"lease_id": a}) for a in acks]
         entries += [
-            ("retries", {"lease_id": r.lease_id, "delay_seconds": r.delay_seconds})
-            for r in retries
+            ("retries", {"lease_id": r.lease_id, "delay_seconds": r.delay_seconds}) for r in retries
         ]
         acked = retried = 0
         warnings: dict[str, str] = {}
@@ -206,6 +206,15 @@ class CloudflareQueue:
             retried += _count(result.get("retryCount"))
             warnings.update(_warnings(result.get("warnings")))
         return AckResult(acked=acked, retried=retried, warnings=warnings)
+
+    def _message(self, raw: Any) -> QueueMessage | None:
+        message = pulled_message(raw)
+        if message is None:
+            log.error(
+                "pulled an entry without id or lease_id; it will expire and be redelivered",
+                queue_id=self.queue_id,
+            )
+        return message
 
     # ---- sending --------------------------------------------------------------------------
 
@@ -224,9 +233,7 @@ class CloudflareQueue:
             entry, size = self._outgoing(
                 message.body, "json", math.ceil(max(0, message.delay_ms) / 1000)
             )
-            if batch and (
-                len(batch) == MAX_BATCH_MESSAGES or batch_bytes + size > MAX_BATCH_BYTES
-            ):
+            if batch and (len(batch) == MAX_BATCH_MESSAGES or batch_bytes + size > MAX_BATCH_BYTES):
                 await self._call("batch", {"messages": batch})
                 batch, batch_bytes = [], 0
             batch.append(entry)
@@ -242,7 +249,10 @@ class CloudflareQueue:
                 raise QueueRequestRejected("a text message body must be a string")
             encoded = body.encode()
         else:
-            encoded = orjson.dumps(body)
+            try:
+                encoded = orjson.dumps(body)
+            except orjson.JSONEncodeError as exc:
+                raise QueueRequestRejected(f"message body is not JSON: {exc}") from exc
         size = message_size(encoded)
         if size > MAX_MESSAGE_BYTES:
             raise QueueRequestRejected(
@@ -342,9 +352,15 @@ class CloudflareQueue:
         described = f"HTTP {status}" + (f", error {code}: {message}" if code is not None else "")
         if status == 429:
             raise self._rate_limited(endpoint, code, described, _retry_after(response.headers))
-        if status >= 500 or code is None:
+        if status >= 500 or status == 408 or (code is None and status < 400):
             raise QueueUnavailable(
                 f"{self._where(endpoint)} failed ({described})", code=code, http_status=status
+            )
+        if code is None:
+            raise QueueConfigError(
+                f"{self._where(endpoint)}: HTTP {status} without a Cloudflare error envelope; "
+                "check the API base URL",
+                http_status=status,
             )
         if code in CONFIG_ERRORS or code in AUTH_CODES or status in (401, 403):
             raise QueueConfigError(
