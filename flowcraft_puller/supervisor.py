@@ -21,6 +21,7 @@ import anyio.abc
 import structlog
 
 from flowcraft_puller.adapter import JobOutcome
+from flowcraft_puller.queue.errors import QueueConfigError, QueueRateLimited
 from flowcraft_puller.queue.protocol import Queue, QueueMessage, Retry
 
 log = structlog.get_logger("flowcraft_puller.supervisor")
@@ -259,6 +260,8 @@ class Supervisor:
         self._on_reload = on_reload
         self._state = _State()
         self._running: dict[str, tuple[QueueBinding, QueueMessage]] = {}
+        self.fatal: QueueConfigError | None = None
+        """Set when a queue turned out to be misconfigured; the supervisor then stopped."""
 
     @property
     def in_flight(self) -> int:
@@ -363,11 +366,23 @@ class Supervisor:
                 continue
             try:
                 result = await binding.queue.pull(granted, visibility_ms)
+            except QueueConfigError as exc:
+                self.pool.give_back(granted)
+                log.error("queue is misconfigured; stopping", queue=binding.name, error=exc.message)
+                self.events.pull_failed(binding.name, exc)
+                self.fatal = exc
+                self.stop()
+                return
             except Exception as exc:
                 self.pool.give_back(granted)
-                log.warning("pull failed", queue=binding.name, loop=index, error=str(exc))
+                wait = backoff
+                if isinstance(exc, QueueRateLimited) and exc.retry_after is not None:
+                    wait = max(wait, exc.retry_after)
+                log.warning(
+                    "pull failed", queue=binding.name, loop=index, error=str(exc), wait_seconds=wait
+                )
                 self.events.pull_failed(binding.name, exc)
-                await self._pause(backoff)
+                await self._pause(wait)
                 backoff = min(backoff * 2, settings.idle_backoff_max_s)
                 continue
             pulled_at = time.monotonic()

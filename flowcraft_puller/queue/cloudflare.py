@@ -113,6 +113,10 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+RequestObserver = Callable[[str, int | None, float], None]
+"""Called as ``observer(endpoint, http_status_or_None, seconds)`` after every HTTP request."""
+
+
 class CloudflareQueue:
     """One queue of the Cloudflare Queues pull API (implements ``Queue`` and ``JobSender``).
 
@@ -131,6 +135,7 @@ class CloudflareQueue:
         retry: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         limits: httpx.Limits = DEFAULT_LIMITS,
+        observer: RequestObserver | None = None,
     ) -> None:
         if not account_id or not queue_id:
             raise QueueConfigError("account_id and queue_id are required for Cloudflare Queues")
@@ -138,6 +143,7 @@ class CloudflareQueue:
         self.queue_id = queue_id
         self.retry = retry or RetryPolicy()
         self.calls: Counter[str] = Counter()
+        self._observer = observer
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
         self._headers = {
@@ -323,10 +329,13 @@ class CloudflareQueue:
 
     async def _post(self, endpoint: Endpoint, content: bytes) -> Any:
         self.calls[endpoint] += 1
+        started = time.monotonic()
+        status: int | None = None
         try:
             response = await self._client.post(
                 self._urls[endpoint], content=content, headers=self._headers
             )
+            status = response.status_code
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise QueueUnavailable(
                 f"{self._where(endpoint)}: could not connect ({type(exc).__name__}: {exc})",
@@ -336,6 +345,9 @@ class CloudflareQueue:
             raise QueueUnavailable(
                 f"{self._where(endpoint)}: no answer ({type(exc).__name__}: {exc})"
             ) from exc
+        finally:
+            if self._observer is not None:
+                self._observer(endpoint, status, time.monotonic() - started)
         return self._result(endpoint, response)
 
     def _result(self, endpoint: Endpoint, response: httpx.Response) -> Any:

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from flowcraft_puller.adapter import JobOutcome
+from flowcraft_puller.queue.errors import QueueConfigError, QueueRateLimited
 from flowcraft_puller.queue.memory import MemoryQueue
 from flowcraft_puller.queue.protocol import (
     AckResult,
@@ -255,3 +256,36 @@ async def test_readiness_callback_fires_after_the_first_successful_pull() -> Non
             await supervisor.wait_ready()
         supervisor.stop()
     assert ready == [True]
+
+
+class FailingQueue(CountingQueue):
+    def __init__(self, inner: MemoryQueue, error: Exception) -> None:
+        super().__init__(inner)
+        self.error = error
+
+    async def pull(self, batch_size: int, visibility_timeout_ms: int) -> PullResult:
+        self.pulls += 1
+        raise self.error
+
+
+async def test_a_misconfigured_queue_stops_the_supervisor_with_the_error() -> None:
+    error = QueueConfigError("queue 'abc' does not exist in account 'acct'", code=10104)
+    supervisor = Supervisor(
+        Handler(), [QueueBinding("q", FailingQueue(MemoryQueue(), error))], _settings()
+    )
+    with anyio.fail_after(3):
+        await supervisor.run()
+    assert supervisor.fatal is error
+
+
+async def test_a_rate_limited_pull_waits_as_long_as_the_api_asks() -> None:
+    error = QueueRateLimited("gateway limit", retry_after=30.0, code=971)
+    queue = FailingQueue(MemoryQueue(), error)
+    supervisor = Supervisor(
+        Handler(), [QueueBinding("q", queue)], _settings(idle_backoff_max_s=0.02)
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(supervisor.run)
+        await anyio.sleep(0.3)
+        supervisor.stop()
+    assert queue.pulls == 1
