@@ -45,7 +45,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _wire(model: BaseModel, cls: type[M]) -> M:
-    return cls.model_validate_json(model.model_dump_json())
+    """A JSON round trip that keeps which fields were given (``resume`` tells absent ``output``)."""
+    return cls.model_validate_json(model.model_dump_json(exclude_unset=True))
 
 
 class MemoryRunStore:
@@ -79,13 +80,21 @@ class MemoryRunStore:
             except Exception:
                 run.outbox[:0] = jobs
                 raise
-        last = self._status_written.get(run.run_id)
-        if last is None or last[0] != run.status or now - last[1] >= self._status_interval_ms:
+        if self._status_due(run, now):
             self.status_records[run.run_id] = orjson.loads(orjson.dumps(run.status_record(now)))
-            self._status_written[run.run_id] = (run.status, now)
-            event = self._changed.pop(run.run_id, None)
-            if event is not None:
-                event.set()
+            self._status_written_at(run, now)
+
+    def _status_due(self, run: RunState, now: int) -> bool:
+        """Whether the run's status record is due: a new status, or the interval has passed."""
+        last = self._status_written.get(run.run_id)
+        return last is None or last[0] != run.status or now - last[1] >= self._status_interval_ms
+
+    def _status_written_at(self, run: RunState, now: int) -> None:
+        """Remember that the run's status record was written and wake its watchers."""
+        self._status_written[run.run_id] = (run.status, now)
+        event = self._changed.pop(run.run_id, None)
+        if event is not None:
+            event.set()
 
     def changed(self, run_id: str) -> anyio.Event:
         """An event set the next time the run's status record is written."""

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -27,7 +27,7 @@ from flowcraft_puller.engine.step import Engine
 from flowcraft_puller.queue.memory import MemoryQueue, MemoryQueueFaults
 from flowcraft_puller.queue.protocol import QueueMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
-from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStatus, RunView
+from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStatus, RunStore, RunView
 from flowcraft_puller.supervisor import QueueBinding, Supervisor, SupervisorSettings
 
 SETTLED: frozenset[RunStatus] = frozenset({*TERMINAL_STATUSES, "awaiting"})  # type: ignore[arg-type]
@@ -67,6 +67,24 @@ class StackFaults:
     seed: int = 0
     crashes: list[tuple[str, str, str]] = field(default_factory=list)
     """(run id, node id, step) of every simulated crash."""
+
+
+class StatusWatch(Protocol):
+    def changed(self, run_id: str) -> anyio.Event:
+        """An event set the next time the run's status record is written."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StackBackend:
+    """A run store and job queue to use instead of the in-memory pair: the adapter calls
+    ``store``, which sends jobs to ``queue`` (consumed by the stack; its own faults apply, not
+    the stack's duplicate/reorder); ``watch`` signals status changes to :meth:`MemoryStack.wait`.
+    """
+
+    store: RunStore
+    queue: MemoryQueue
+    watch: StatusWatch
 
 
 def load_blueprints(blueprints: Mapping[str, Any] | Iterable[Any]) -> dict[str, Blueprint]:
@@ -110,6 +128,7 @@ class MemoryStack:
         faults: StackFaults | None = None,
         visibility_timeout_ms: int | None = None,
         max_loop_iterations: int = 10_000,
+        backend: StackBackend | None = None,
     ) -> None:
         self.faults = faults or StackFaults()
         self.concurrency = concurrency
@@ -118,14 +137,19 @@ class MemoryStack:
         self._rng = random.Random(self.faults.seed)
         self._crashed: set[str] = set()
         self.invocations: dict[str, Counter[str]] = defaultdict(Counter)
-        self.queue = MemoryQueue(
-            faults=MemoryQueueFaults(
-                duplicate=self.faults.duplicate,
-                reorder=self.faults.reorder,
-                rng=random.Random(self.faults.seed),
+        if backend is None:
+            queue = MemoryQueue(
+                faults=MemoryQueueFaults(
+                    duplicate=self.faults.duplicate,
+                    reorder=self.faults.reorder,
+                    rng=random.Random(self.faults.seed),
+                )
             )
-        )
-        self.store = MemoryRunStore(self.queue)
+            memory = MemoryRunStore(queue)
+            backend = StackBackend(memory, queue, memory)
+        self.queue = backend.queue
+        self.store = backend.store
+        self._watch = backend.watch
         env = ExecutionEnv(registry=registry, on_invoke=self._count)
         self.engine = Engine(
             blueprints=load_blueprints(blueprints),
@@ -200,7 +224,7 @@ class MemoryStack:
         """The run once it is completed, failed, cancelled or awaiting (TimeoutError otherwise)."""
         with anyio.fail_after(timeout):
             while True:
-                changed = self.store.changed(run_id)
+                changed = self._watch.changed(run_id)
                 view = await self.store.get(run_id)
                 if view.status in SETTLED:
                     return RunResult.from_view(view, self.invocations[run_id])
