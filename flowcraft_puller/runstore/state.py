@@ -616,9 +616,20 @@ class RunState:
     # ---- coordination store ------------------------------------------------------------
 
     def ops(self, ops: list[Op], now_ms: int) -> OpsResponse:
-        """The generic coordination store (TS ``ICoordinationStore``) and context access."""
+        """The generic coordination store (TS ``ICoordinationStore``) and context access.
+
+        All ops apply, or none: a failing op restores what the earlier ones changed.
+        """
         self.sweep_coordination(now_ms)
-        results = [self._op(op, now_ms) for op in ops]
+        coordination = {
+            k: Coordination(v.value, v.expires_at_ms) for k, v in self.coordination.items()
+        }
+        context = dict(self.context)
+        try:
+            results = [self._op(op, now_ms) for op in ops]
+        except BadRequest:
+            self.coordination, self.context = coordination, context
+            raise
         self.updated_at_ms = now_ms
         return OpsResponse(results=results)
 

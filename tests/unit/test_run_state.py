@@ -986,3 +986,20 @@ def test_the_view_shows_each_node_at_its_current_generation() -> None:
         "done": (0, "idle", 0),
     }
     assert (view.created_at_ms, view.updated_at_ms) == (T0, T0 + 10)
+
+
+def test_a_failing_op_undoes_the_ops_before_it() -> None:
+    run = start({"A": []}, ["A"])
+    with pytest.raises(BadRequest):
+        run.ops(
+            [
+                Op(op="setIfNotExist", key="lock", value="locked"),
+                Op(op="context.set", key="shared", value=1),
+                Op(op="increment", key="lock"),
+            ],
+            T0,
+        )
+    assert run.ops([Op(op="get", key="lock"), Op(op="context.has", key="shared")], T0).results == [
+        None,
+        False,
+    ]
