@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
@@ -113,6 +113,27 @@ class AdapterSettings:
 Checkpoint = Callable[[str], Awaitable[None]]
 
 
+class AdapterObserver(Protocol):
+    """What the adapter reports beyond job outcomes (node timings, finished runs, commits)."""
+
+    def node_finished(self, blueprint: str, outcome: str, seconds: float) -> None: ...
+
+    def run_finished(self, blueprint: str, status: str) -> None: ...
+
+    def committed(self) -> None: ...
+
+
+class _Unobserved:
+    def node_finished(self, blueprint: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def run_finished(self, blueprint: str, status: str) -> None:
+        return None
+
+    def committed(self) -> None:
+        return None
+
+
 def _describe_validation(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -131,11 +152,13 @@ class Adapter:
         settings: AdapterSettings | None = None,
         *,
         checkpoint: Checkpoint | None = None,
+        observer: AdapterObserver | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.settings = settings or AdapterSettings()
         self._checkpoint = checkpoint
+        self.observer = observer or _Unobserved()
         self._topologies: dict[tuple[str, int], dict[str, TopologyNode]] = {}
 
     async def _step(self, name: str) -> None:
@@ -260,11 +283,16 @@ class Adapter:
                 ),
             )
 
+        started = time.monotonic()
         try:
             step = await self.engine.run(node_job, record)
         except anyio.get_cancelled_exc_class():
             await self._release(job.run_id, node.id, claim, token)
             raise
+        kind = {Commit: "completed", Fail: "failed", Deferred: "deferred"}[type(step)]
+        if isinstance(step, Commit) and step.awaiting is not None:
+            kind = "awaiting"
+        self.observer.node_finished(blueprint.id, kind, time.monotonic() - started)
         await self._step("executed")
         if isinstance(step, Deferred):
             await self.store.attempts(
@@ -347,16 +375,21 @@ class Adapter:
         self, job: NodeJob, outcome: Commit | Fail | Deferred, token: str, deadline: float | None
     ) -> JobOutcome:
         if isinstance(outcome, Fail):
-            await self.store.fail(
+            failed = await self.store.fail(
                 job.run_id, FailRequest(reason=outcome.reason, node_id=job.node.id, gen=job.gen)
             )
+            if failed.reason == outcome.reason:
+                self.observer.run_finished(job.blueprint.id, failed.status)
             log.info("node failed; run failed", reason=outcome.reason)
             return JobOutcome("ack", "failed", reason=outcome.reason)
         if isinstance(outcome, Deferred):
             return JobOutcome("retry", "deferred", max(1, math.ceil(outcome.retry_after_ms / 1000)))
         if outcome.child is not None:
             await self._start_child(job, outcome.child)
-        await self.store.commit(job.run_id, self._commit_request(job, outcome, token))
+        committed = await self.store.commit(job.run_id, self._commit_request(job, outcome, token))
+        self.observer.committed()
+        if committed.status == "completed" and not (committed.duplicate or committed.stale):
+            self.observer.run_finished(job.blueprint.id, "completed")
         await self._step("committed")
         if deadline is not None and time.monotonic() > deadline:
             log.warning("lease expired before the ack; leaving the message to be redelivered")

@@ -1,4 +1,4 @@
-"""The supervisor's events (``supervisor.SupervisorEvents``) recorded as metrics and health state.
+"""The supervisor's and the adapter's events recorded as metrics and health state.
 
 Pull attempts are deliberately not taken as the supervisor's heartbeat: a saturated pool of
 long jobs stops pulling for minutes while perfectly healthy.
@@ -12,7 +12,7 @@ from flowcraft_puller.observability.metrics import Metrics
 
 
 class Reporter:
-    """Implements the supervisor's event protocol on top of :class:`Metrics` and
+    """Implements ``SupervisorEvents`` and ``AdapterObserver`` on top of :class:`Metrics` and
     :class:`HealthState`."""
 
     def __init__(self, metrics: Metrics, health: HealthState) -> None:
@@ -52,3 +52,13 @@ class Reporter:
 
     def handed_back(self, queue: str, count: int) -> None:
         self.metrics.handed_back(queue, count)
+
+    def node_finished(self, blueprint: str, outcome: str, seconds: float) -> None:
+        self.metrics.node_finished(blueprint, outcome, seconds)
+
+    def run_finished(self, blueprint: str, status: str) -> None:
+        self.metrics.run_finished(blueprint, status)
+
+    def committed(self) -> None:
+        self.metrics.commit_succeeded()
+        self.health.commit_succeeded()

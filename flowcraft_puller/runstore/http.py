@@ -72,6 +72,8 @@ DEFAULT_LIMITS: Final = httpx.Limits(
 )
 
 BatchOp = Literal["claim", "commit", "attempts", "fail", "get"]
+RequestObserver = Callable[[str, int | None, float], None]
+"""Called as ``observer(endpoint, http_status_or_None, seconds)`` after every HTTP request."""
 Sleep = Callable[[float], Awaitable[None]]
 
 _ERRORS_BY_STATUS: Final[dict[int, type[RunStoreError]]] = {
@@ -255,8 +257,10 @@ class HttpRunStore:
         retry: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         limits: httpx.Limits = DEFAULT_LIMITS,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._observer = observer
         self.retry = retry or RetryPolicy()
         self.counts = RequestCounts()
         self._owns_client = client is None
@@ -448,9 +452,16 @@ class HttpRunStore:
             nonlocal attempts
             attempts += 1
             self.counts.requests[op] += 1
-            response = await self._client.request(
-                method, url, content=content, params=params, headers=headers
-            )
+            started = time.monotonic()
+            status: int | None = None
+            try:
+                response = await self._client.request(
+                    method, url, content=content, params=params, headers=headers
+                )
+                status = response.status_code
+            finally:
+                if self._observer is not None:
+                    self._observer(op, status, time.monotonic() - started)
             result = BatchResult(response.status_code, _loads(response.content))
             if retryable(response.status_code):
                 raise _RetryableStatus(result, _retry_after(response.headers))
