@@ -260,6 +260,8 @@ class Supervisor:
         self._on_reload = on_reload
         self._state = _State()
         self._running: dict[str, tuple[QueueBinding, QueueMessage]] = {}
+        self.handed_back = 0
+        """Messages given back to their queue unprocessed (pulled during or cut off by a drain)."""
         self.fatal: QueueConfigError | None = None
         """Set when a queue turned out to be misconfigured; the supervisor then stopped."""
 
@@ -413,6 +415,7 @@ class Supervisor:
         batcher = self.batchers[binding.name]
         for message in messages:
             batcher.retry(message.lease_id, 0)
+        self.handed_back += len(messages)
         if messages:
             self.events.handed_back(binding.name, len(messages))
 

@@ -9,15 +9,21 @@ from __future__ import annotations
 from flowcraft_puller.adapter import JobOutcome
 from flowcraft_puller.observability.health import HealthState
 from flowcraft_puller.observability.metrics import Metrics
+from flowcraft_puller.observability.systemd import SystemdNotifier
 
 
 class Reporter:
     """Implements ``SupervisorEvents`` and ``AdapterObserver`` on top of :class:`Metrics` and
     :class:`HealthState`."""
 
-    def __init__(self, metrics: Metrics, health: HealthState) -> None:
+    def __init__(
+        self, metrics: Metrics, health: HealthState, notifier: SystemdNotifier | None = None
+    ) -> None:
         self.metrics = metrics
         self.health = health
+        self.notifier = notifier
+        self.jobs = 0
+        """Jobs finished so far (for throughput in status lines)."""
 
     def pulled(self, queue: str, count: int, backlog: int | None) -> None:
         self.metrics.pulled(queue, count, backlog)
@@ -27,6 +33,7 @@ class Reporter:
         self.metrics.pull_failed(queue)
 
     def job_finished(self, queue: str, blueprint: str, outcome: JobOutcome, seconds: float) -> None:
+        self.jobs += 1
         name = outcome.outcome
         self.metrics.job_finished(queue, blueprint, name, seconds)
         if outcome.action == "retry":
@@ -49,6 +56,8 @@ class Reporter:
     def draining(self) -> None:
         self.metrics.set_draining(True)
         self.health.begin_draining()
+        if self.notifier is not None:
+            self.notifier.stopping()
 
     def handed_back(self, queue: str, count: int) -> None:
         self.metrics.handed_back(queue, count)
