@@ -54,6 +54,17 @@ from flowcraft_puller.runstore.protocol import (
 
 MAX_DELAY_MS: Final = 43_200_000
 """The longest queue delivery delay (12 h, Cloudflare's documented limit); longer waits chain."""
+MAX_VALUE_BYTES: Final = 2_000_000
+"""The largest serialized JSON value (a Durable Object SQLite row holds at most 2 MB)."""
+
+
+def _check_size(value: Any, field: str) -> None:
+    size = len(orjson.dumps(value))
+    if size > MAX_VALUE_BYTES:
+        raise BadRequest(
+            f"value of {size} bytes exceeds the {MAX_VALUE_BYTES}-byte limit of one stored value",
+            field=field,
+        )
 
 
 _RESUMABLE: Final = frozenset({"external_event", "webhook"})
@@ -130,6 +141,8 @@ class RunState:
         self.finished_at_ms: int | None = None
         self.start_request = request
         self._check_topology(request)
+        for key, value in request.context.items():
+            _check_size(value, f"context.{key}")
         for node, spec in self.topology.items():
             for succ in spec.succs:
                 self.preds[succ].append(node)
@@ -245,6 +258,11 @@ class RunState:
                 work.extend((succ, node, False) for succ in self._succs(node))
 
     def _rearm(self, nodes: Iterable[str]) -> None:
+        """Give each node a new generation; keep arrivals from outside the re-armed set.
+
+        Generations two behind are forgotten unless still pending or awaiting (a slow branch
+        of an 'any' loop), whose stale commit must still find its record.
+        """
         members = set(nodes)
         for node in members:
             old_gen = self.gens[node]
@@ -253,7 +271,9 @@ class RunState:
             self.gens[node] = new_gen
             fresh = self._record(node, new_gen)
             fresh.arrivals = {s: v for s, v in old.arrivals.items() if s not in members}
-            self.records.pop((node, old_gen - 1), None)
+            older = (node, old_gen - 1)
+            if older not in self.pending and older not in self.awaiting:
+                self.records.pop(older, None)
 
     def _set_awaiting_keys(self) -> None:
         ids = [node for node, gen in sorted(self.awaiting)]
@@ -458,6 +478,12 @@ class RunState:
                 )
         if request.awaiting is None and request.result is None:
             raise BadRequest("a commit needs a result or an awaiting state", field="result")
+        for key, value in request.writes.items():
+            _check_size(value, f"writes.{key}")
+        if request.result is not None:
+            _check_size(request.result.output, "result.output")
+        if request.awaiting is not None and request.awaiting.result is not None:
+            _check_size(request.awaiting.result.output, "awaiting.result.output")
 
     def _enter_awaiting(
         self, node: str, gen: int, record: GenRecord, spec: AwaitingSpec, now_ms: int
@@ -626,7 +652,11 @@ class RunState:
         }
         context = dict(self.context)
         try:
-            results = [self._op(op, now_ms) for op in ops]
+            results = []
+            for index, op in enumerate(ops):
+                if op.value is not None:
+                    _check_size(op.value, f"ops[{index}].value")
+                results.append(self._op(op, now_ms))
         except BadRequest:
             self.coordination, self.context = coordination, context
             raise

@@ -1,9 +1,9 @@
 """The run stores the contract suite runs against, reached over HTTP only.
 
 ``run_store_url`` yields ``(base_url, secret)`` with ``base_url`` ending in ``/v1``;
-``job_sink`` returns a callable giving the job bodies the store has delivered so far. Today
-the only store is the emulator's RunService on uvicorn; the Worker under workerd is meant to
-become a second ``store_under_test`` parameter.
+``job_sink`` returns a callable giving the job bodies the store has delivered so far. The
+stores are the emulator's RunService on uvicorn and the production Worker under workerd
+(Miniflare), which sends its jobs through ``QUEUE_REST_URL`` to a recording endpoint here.
 """
 
 from __future__ import annotations
@@ -11,13 +11,21 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from flowcraft_puller.emulator.runs import RunService
 from flowcraft_puller.queue.protocol import OutgoingMessage
+from flowcraft_puller.testing.worker import WorkerProcess
 from tests.serving import run_service_app, serve_in_thread
 
 JobSink = Callable[[], list[Any]]
@@ -46,15 +54,66 @@ class RecordingSender:
             return list(self._bodies)
 
 
-@pytest.fixture(scope="session", params=["emulator"])
+def _queue_endpoint(sender: RecordingSender) -> Starlette:
+    """Cloudflare's batch-send route, enough for the Worker's ``QUEUE_REST_URL``."""
+
+    async def batch(request: Request) -> JSONResponse:
+        messages = orjson.loads(await request.body())["messages"]
+        await sender.send_batch([OutgoingMessage(m["body"]) for m in messages])
+        return JSONResponse({"success": True, "errors": [], "messages": [], "result": {}})
+
+    return Starlette(
+        routes=[Route("/accounts/{account}/queues/{queue}/messages/batch", batch, methods=["POST"])]
+    )
+
+
+@contextmanager
+def _worker_in_thread(secret: str, queue_url: str) -> Iterator[str]:
+    """Run the Worker (a Node process) from a thread's own event loop; yields its origin."""
+    ready, stop = threading.Event(), threading.Event()
+    found: dict[str, Any] = {}
+
+    async def main() -> None:
+        try:
+            async with WorkerProcess(
+                secret=secret, variables={"QUEUE_REST_URL": queue_url}
+            ) as worker:
+                found["url"] = worker.url
+                ready.set()
+                while not stop.is_set():
+                    await anyio.sleep(0.05)
+        except BaseException as exc:
+            found["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=anyio.run, args=(main,), daemon=True)
+    thread.start()
+    ready.wait(90)
+    try:
+        if "url" not in found:
+            raise RuntimeError(f"the Worker did not start: {found.get('error')!r}")
+        yield found["url"]
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+@pytest.fixture(scope="session", params=["emulator", "worker"])
 def store_under_test(request: pytest.FixtureRequest) -> Iterator[StoreUnderTest]:
     secret = secrets.token_urlsafe(24)
     sender = RecordingSender()
+    if request.param == "emulator":
 
-    def app() -> Any:
-        return run_service_app(RunService(state_path=None, sender=sender, secret=secret))
+        def app() -> Any:
+            return run_service_app(RunService(state_path=None, sender=sender, secret=secret))
 
-    with serve_in_thread(app) as url:
+        with serve_in_thread(app) as url:
+            yield StoreUnderTest(f"{url}/v1", secret, sender.delivered)
+        return
+    with (
+        serve_in_thread(lambda: _queue_endpoint(sender)) as queue,
+        _worker_in_thread(secret, f"{queue}/accounts/a/queues/q") as url,
+    ):
         yield StoreUnderTest(f"{url}/v1", secret, sender.delivered)
 
 

@@ -1003,3 +1003,18 @@ def test_a_failing_op_undoes_the_ops_before_it() -> None:
         None,
         False,
     ]
+
+
+def test_a_value_larger_than_a_durable_object_row_is_refused_naming_its_field() -> None:
+    run = start({"A": []}, ["A"])
+    claim(run, "A")
+    huge = "x" * 2_000_001
+    with pytest.raises(BadRequest) as caught:
+        run.commit(
+            CommitRequest(
+                node_id="A", gen=0, token="t", result=Resolution(output=1), writes={"big": huge}
+            ),
+            T0,
+        )
+    assert caught.value.field == "writes.big"
+    assert run.records[("A", 0)].state == "released"

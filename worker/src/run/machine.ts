@@ -226,7 +226,10 @@ export class RunMachine {
       this.repo.setGen(row, oldGen + 1);
       const fresh = this.repo.ensureRecord(node, oldGen + 1);
       fresh.arrivals = new Map([...old.arrivals].filter(([source]) => !members.has(source)));
-      this.repo.deleteRecord(node, oldGen - 1);
+      const older = this.repo.record(node, oldGen - 1);
+      if (older !== undefined && !older.pending && !older.waiting) {
+        this.repo.deleteRecord(node, oldGen - 1);
+      }
     }
   }
 
