@@ -1,1 +1,0 @@
-"""The example workflow that ``flowcraft-puller dev`` runs."""
