@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from flowcraft_puller.emulator.server import EmulatorStartError, run_emulator
+from flowcraft_puller.observability.logging import configure_logging
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,7 @@ def main(
     ] = None,
 ) -> None:
     """Serve the emulator."""
+    configure_logging("info", "auto")
     try:
         run_emulator(host, port, state, token, secret)
     except (EmulatorStartError, ValidationError) as exc:

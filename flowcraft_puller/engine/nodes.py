@@ -35,24 +35,39 @@ class CancelSignal:
     """Set when a node should stop: its attempt timed out or the daemon is shutting down.
 
     Async code can ``await cancel.wait()``; sync code in a worker thread can poll
-    ``cancel.is_set()`` or ``cancel.wait_sync(timeout)``.
+    ``cancel.is_set()`` or ``cancel.wait_sync(timeout)``. The underlying events are created on
+    first use, since most nodes never look.
     """
 
+    __slots__ = ("_async", "_set", "_thread")
+
     def __init__(self) -> None:
-        self._async = anyio.Event()
-        self._thread = threading.Event()
+        self._set = False
+        self._async: anyio.Event | None = None
+        self._thread: threading.Event | None = None
 
     def set(self) -> None:
-        self._async.set()
-        self._thread.set()
+        self._set = True
+        if self._async is not None:
+            self._async.set()
+        if self._thread is not None:
+            self._thread.set()
 
     def is_set(self) -> bool:
-        return self._thread.is_set()
+        return self._set
 
     async def wait(self) -> None:
+        if self._set:
+            return
+        if self._async is None:
+            self._async = anyio.Event()
         await self._async.wait()
 
     def wait_sync(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            self._thread = threading.Event()
+            if self._set:
+                self._thread.set()
         return self._thread.wait(timeout)
 
 
