@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the run failed (or a command failed), 2 usage or config
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -155,6 +156,9 @@ def run(config: ConfigOption = None) -> None:
     """
     if config is None:
         _fail("run needs --config (or FLOWCRAFT_CONFIG)")
+    # Until the supervisor listens for SIGHUP, a reload request must not kill the daemon (the
+    # configuration being loaded is the newest anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     loaded = _config(config)
     observability = loaded.settings.observability
     configure_logging(
@@ -379,7 +383,8 @@ def check(
     workflows = _workflows(loaded)
     errors = workflows.unresolved_uses() + check_limits(loaded.settings, workflows)
     for issue in workflows.warnings(loaded.settings.daemon.evaluator):
-        typer.echo(f"warning: {issue}", err=True)
+        if not issue.path.endswith(".uses"):  # unresolved uses are errors, reported below
+            typer.echo(f"warning: {issue}", err=True)
     if errors:
         _fail(f"{config}:\n  " + "\n  ".join(errors))
     if online:
