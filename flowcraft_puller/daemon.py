@@ -23,7 +23,7 @@ from flowcraft_puller.observability.health import (
     HealthState,
     create_health_app,
 )
-from flowcraft_puller.observability.logging import set_level
+from flowcraft_puller.observability.logging import Redactor, set_level
 from flowcraft_puller.observability.metrics import Metrics
 from flowcraft_puller.observability.reporter import Reporter
 from flowcraft_puller.observability.systemd import SystemdNotifier
@@ -162,6 +162,7 @@ class Daemon:
             evaluator=settings.daemon.evaluator,
             hooks_base_url=(settings.coordinator.public_url or settings.coordinator.url),
             max_loop_iterations=settings.daemon.max_loop_iterations,
+            redact=Redactor(self.secrets.values()).redact_text,
         )
 
     async def reload(self) -> None:

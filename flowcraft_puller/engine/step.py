@@ -109,6 +109,9 @@ class Engine:
     hooks_base_url: str | None = None
     max_loop_iterations: int = 10_000
     clock_ms: Callable[[], float] = field(default=lambda: time.time() * 1000)
+    redact: Callable[[str], str] = field(default=lambda text: text)
+    """Applied to every error text that leaves the daemon (failure reasons, recorded attempts,
+    ``_catch_error``), so that a node error quoting a credential cannot store it."""
     _evaluators: dict[EvaluatorName, Evaluator] = field(default_factory=dict)
 
     def evaluator_for(self, blueprint: Blueprint) -> Evaluator:
@@ -120,12 +123,19 @@ class Engine:
 
     async def run(self, job: NodeJob, record: AttemptRecorder) -> StepOutcome:
         """Execute the node (with retries and fallback) and plan its commit."""
-        outcome = await self._execute(job, job.node, record, seed={})
-        if isinstance(outcome, (Commit, Deferred)):
+
+        async def recorded(attempts: int, error: str) -> None:
+            await record(attempts, self.redact(error))
+
+        outcome = await self._execute(job, job.node, recorded, seed={})
+        if isinstance(outcome, Commit):
             return outcome
+        message = self.redact(outcome.message)
+        if isinstance(outcome, Deferred):
+            return dataclasses.replace(outcome, message=message)
         if outcome.fatal or job.node.config.fallback is None or job.gather is not None:
-            return Fail(failure_reason(job.node.id, outcome.message))
-        return await self._fall_back(job, outcome.message)
+            return Fail(failure_reason(job.node.id, message))
+        return await self._fall_back(job, message)
 
     def resume(self, job: NodeJob, result: NodeResult) -> Commit:
         """Complete an awaiting node (wait, webhook, timer) with ``result`` and route it."""
@@ -149,7 +159,7 @@ class Engine:
             done = subflow_output(job.node, child, context)
             return self._complete(job, done.result, done.writes, via_fallback=False)
         if status in ("failed", "cancelled") or (status == "completed" and child is None):
-            message = error_message(subflow_failure(job.node, status, reason))
+            message = self.redact(error_message(subflow_failure(job.node, status, reason)))
             if job.node.config.fallback is None:
                 return Fail(failure_reason(job.node.id, message))
             return await self._fall_back(job, message)
@@ -245,7 +255,7 @@ class Engine:
         }
         outcome = await self._execute(job, fallback, _no_record, seed)
         if isinstance(outcome, Failed):
-            return Fail(failure_reason(fallback.id, outcome.message))
+            return Fail(failure_reason(fallback.id, self.redact(outcome.message)))
         if isinstance(outcome, Commit) and outcome.result is not None and outcome.awaiting is None:
             writes = {**outcome.writes, f"_outputs.{fallback.id}": outcome.result.output}
             return dataclasses.replace(outcome, writes=writes)

@@ -761,3 +761,39 @@ async def test_a_fallback_node_with_a_retry_delay_reaches_its_later_attempts() -
     assert isinstance(outcome, Commit)
     assert outcome.writes["_outputs.N"] == "rescued"
     assert 2 in attempts
+
+
+async def test_error_texts_that_leave_the_engine_are_redacted() -> None:
+    blueprint = load_blueprint(
+        {
+            "id": "leaky",
+            "nodes": [
+                {"id": "A", "uses": "leak", "config": {"maxRetries": 2, "fallback": "F"}},
+                {"id": "F", "uses": "catch"},
+            ],
+        }
+    )
+    seen: list[Any] = []
+
+    async def leak(ctx: NodeContext) -> Any:
+        raise RuntimeError("auth failed with token s3cr3t-value")
+
+    async def catch(ctx: NodeContext) -> Any:
+        seen.append(await ctx.context.get("_catch_error"))
+        raise RuntimeError("fallback saw s3cr3t-value too")
+
+    engine = Engine(
+        blueprints={"leaky": blueprint},
+        env=ExecutionEnv(registry={"leak": leak, "catch": catch}),
+        redact=lambda text: text.replace("s3cr3t-value", "[redacted]"),
+    )
+    recorded: list[str] = []
+
+    async def record(attempts: int, error: str) -> None:
+        recorded.append(error)
+
+    job = NodeJob(blueprint=blueprint, node=blueprint.node("A"), run_id="r", gen=0, snapshot={})
+    outcome = await engine.run(job, record)
+    assert outcome == Fail("Node 'F' execution failed: fallback saw [redacted] too")
+    assert recorded == ["auth failed with token [redacted]"]
+    assert seen[0]["message"] == "auth failed with token [redacted]"
