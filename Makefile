@@ -44,3 +44,5 @@ test: lint typecheck pytest worker-test
 
 clean:
 	rm -rf $(VENV) worker/node_modules .pytest_cache .mypy_cache .ruff_cache var
+
+include deploy.mk
