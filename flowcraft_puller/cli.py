@@ -124,12 +124,6 @@ def _print_json(value: Any) -> None:
     typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
-def _outputs(view: RunView) -> dict[str, Any]:
-    return {
-        k.removeprefix("_outputs."): v for k, v in view.context.items() if k.startswith("_outputs.")
-    }
-
-
 def _summary(view: RunView) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "runId": view.run_id,
@@ -140,7 +134,7 @@ def _summary(view: RunView) -> dict[str, Any]:
         summary["reason"] = view.reason
     if view.awaiting:
         summary["awaiting"] = {node: a.details for node, a in view.awaiting.items()}
-    summary["outputs"] = _outputs(view)
+    summary["outputs"] = view.outputs
     return summary
 
 
@@ -288,7 +282,7 @@ def status(
             typer.echo(f"reason: {view.reason}")
         for node, awaiting in view.awaiting.items():
             typer.echo(f"awaiting {node}: {json.dumps(awaiting.details)}")
-        for node, output in _outputs(view).items():
+        for node, output in view.outputs.items():
             typer.echo(f"  {node}: {json.dumps(output)}")
     raise typer.Exit(_exit_for(view))
 

@@ -111,16 +111,11 @@ async def _dev(options: DevOptions) -> int:
             _say(f"▶ started run   {run_id} of {blueprint}")
             tty = sys.stderr.isatty()
             view = await follow_run(running.store, run_id, out=sys.stderr if tty else None)
-            outputs = {
-                k.removeprefix("_outputs."): v
-                for k, v in view.context.items()
-                if k.startswith("_outputs.")
-            }
             summary = {
                 "runId": run_id,
                 "status": view.status,
                 "reason": view.reason,
-                "outputs": outputs,
+                "outputs": view.outputs,
             }
             sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
             sys.stdout.flush()

@@ -7,9 +7,8 @@ from typing import TextIO
 
 import anyio
 
-from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStore, RunView
+from flowcraft_puller.runstore.protocol import SETTLED_STATUSES, RunStore, RunView
 
-SETTLED = frozenset({*TERMINAL_STATUSES, "awaiting"})
 _DONE_STATES = frozenset({"completed", "skipped", "failed"})
 
 
@@ -28,7 +27,7 @@ async def follow_run(
     *,
     out: TextIO | None = None,
     interval_s: float = 0.1,
-    until: Callable[[RunView], bool] = lambda view: view.status in SETTLED,
+    until: Callable[[RunView], bool] = lambda view: view.status in SETTLED_STATUSES,
 ) -> RunView:
     """Poll the run until ``until(view)``; if ``out`` is given, keep one progress line updated."""
     last = ""

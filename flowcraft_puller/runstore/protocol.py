@@ -14,6 +14,8 @@ from pydantic.alias_generators import to_camel
 
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+SETTLED_STATUSES: Final = frozenset({*TERMINAL_STATUSES, "awaiting"})
+"""Statuses a run stays in until someone acts (or forever): nothing more happens on its own."""
 RUN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_LEASE_MS: Final = 43_200_000
 
@@ -217,6 +219,12 @@ class RunView(Reply):
     parent: ParentLink | None = None
     created_at_ms: int = 0
     updated_at_ms: int = 0
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Each completed node's output (the ``_outputs.<id>`` context keys), by node id."""
+        prefix = "_outputs."
+        return {k[len(prefix) :]: v for k, v in self.context.items() if k.startswith(prefix)}
 
 
 CoordinationOp = Literal[

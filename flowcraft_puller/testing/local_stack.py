@@ -8,7 +8,6 @@ results with ``invocations``), so the same tests run against both.
 from __future__ import annotations
 
 import secrets
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -31,8 +30,8 @@ from flowcraft_puller.emulator.faults import FaultPlan
 from flowcraft_puller.emulator.server import EmulatorServer
 from flowcraft_puller.engine.evaluators import EvaluatorName
 from flowcraft_puller.engine.nodes import NodeImplementation
-from flowcraft_puller.progress import SETTLED, follow_run
-from flowcraft_puller.testing.memory_stack import RunResult, load_blueprints
+from flowcraft_puller.progress import follow_run
+from flowcraft_puller.testing.stack import AdapterRuns, RunResult, load_blueprints
 from flowcraft_puller.workflows import Workflows
 
 JOB_QUEUE = "flowcraft-jobs"
@@ -54,7 +53,7 @@ def standard_faults(seed: int = 0) -> FaultPlan:
     return FaultPlan.model_validate({"seed": seed, "routes": {"*": route}})
 
 
-class LocalStack:
+class LocalStack(AdapterRuns):
     """``async with LocalStack(blueprints=..., registry=...) as stack:`` then start/wait/resume."""
 
     def __init__(
@@ -70,8 +69,8 @@ class LocalStack:
         daemons: int = 1,
     ) -> None:
         self.faults = faults
+        super().__init__()
         self.coordinator = coordinator
-        self.invocations: dict[str, Counter[str]] = defaultdict(Counter)
         self.workflows = Workflows(blueprints=load_blueprints(blueprints), registry=registry)
         self.evaluator = evaluator
         self.concurrency = concurrency
@@ -85,9 +84,6 @@ class LocalStack:
         self._running: list[Running] = []
         self._stack = AsyncExitStack()
         self._group: anyio.abc.TaskGroup | None = None
-
-    def _count(self, run_id: str, node_id: str, attempt: int) -> None:
-        self.invocations[run_id][node_id] += 1
 
     @property
     def running(self) -> Running:
@@ -146,6 +142,7 @@ class LocalStack:
                 )
                 self.daemons.append(daemon)
                 self._running.append(await group.start(daemon.run))
+            self.adapter = self.running.adapter
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -171,32 +168,8 @@ class LocalStack:
     ) -> bool | None:
         return await self._stack.__aexit__(exc_type, exc, tb)
 
-    async def start(
-        self,
-        blueprint_id: str,
-        context: Mapping[str, Any] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> str:
-        return await self.running.adapter.start_run(blueprint_id, context, run_id=run_id)
-
     async def wait(self, run_id: str, timeout: float = 20.0) -> RunResult:
         """The run once it is completed, failed, cancelled or awaiting (TimeoutError otherwise)."""
         with anyio.fail_after(timeout):
-            view = await follow_run(
-                self.running.store, run_id, interval_s=0.02, until=lambda v: v.status in SETTLED
-            )
+            view = await follow_run(self.running.store, run_id, interval_s=0.02)
         return RunResult.from_view(view, self.invocations[run_id])
-
-    async def resume(
-        self,
-        run_id: str,
-        action: str | None = None,
-        output: Any = None,
-        *,
-        node_id: str | None = None,
-    ) -> None:
-        await self.running.adapter.resume_with_action(run_id, action, output, node_id=node_id)
-
-    async def cancel(self, run_id: str) -> None:
-        await self.running.adapter.cancel(run_id)

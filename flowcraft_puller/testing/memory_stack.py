@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import random
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -19,7 +18,6 @@ import anyio
 import anyio.abc
 
 from flowcraft_puller.adapter import Adapter, AdapterSettings, JobAbandoned, JobOutcome
-from flowcraft_puller.engine.blueprint import Blueprint, load_blueprint
 from flowcraft_puller.engine.evaluators import EvaluatorName
 from flowcraft_puller.engine.executor import ExecutionEnv
 from flowcraft_puller.engine.nodes import NodeImplementation
@@ -27,30 +25,11 @@ from flowcraft_puller.engine.step import Engine
 from flowcraft_puller.queue.memory import MemoryQueue, MemoryQueueFaults
 from flowcraft_puller.queue.protocol import QueueMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
-from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStatus, RunStore, RunView
+from flowcraft_puller.runstore.protocol import SETTLED_STATUSES, RunStore
 from flowcraft_puller.supervisor import QueueBinding, Supervisor, SupervisorSettings
+from flowcraft_puller.testing.stack import AdapterRuns, RunResult, load_blueprints
 
-SETTLED: frozenset[RunStatus] = frozenset({*TERMINAL_STATUSES, "awaiting"})  # type: ignore[arg-type]
 CRASH_STEPS = ("decoded", "claimed", "executed", "committed")
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """A run as a test sees it once it settled."""
-
-    run_id: str
-    status: RunStatus
-    reason: str | None
-    context: dict[str, Any]
-    outputs: dict[str, Any]
-    invocations: dict[str, int]
-
-    @classmethod
-    def from_view(cls, view: RunView, invocations: Mapping[str, int]) -> RunResult:
-        outputs = {
-            k[len("_outputs.") :]: v for k, v in view.context.items() if k.startswith("_outputs.")
-        }
-        return cls(view.run_id, view.status, view.reason, view.context, outputs, dict(invocations))
 
 
 @dataclass(slots=True)
@@ -87,13 +66,6 @@ class StackBackend:
     watch: StatusWatch
 
 
-def load_blueprints(blueprints: Mapping[str, Any] | Iterable[Any]) -> dict[str, Blueprint]:
-    """Blueprints from :class:`Blueprint` objects or flowcraft JSON dicts, by id."""
-    items = blueprints.values() if isinstance(blueprints, Mapping) else blueprints
-    loaded = [b if isinstance(b, Blueprint) else load_blueprint(b) for b in items]
-    return {b.id: b for b in loaded}
-
-
 _current: contextvars.ContextVar[QueueMessage] = contextvars.ContextVar("flowcraft_current_message")
 
 
@@ -115,7 +87,7 @@ class _Abandoning:
             _current.reset(token)
 
 
-class MemoryStack:
+class MemoryStack(AdapterRuns):
     """``async with MemoryStack(blueprints=..., registry=...) as stack:`` then start/wait/resume."""
 
     def __init__(
@@ -136,7 +108,7 @@ class MemoryStack:
         self.visibility_timeout_ms = visibility_timeout_ms or (250 if noisy else 30_000)
         self._rng = random.Random(self.faults.seed)
         self._crashed: set[str] = set()
-        self.invocations: dict[str, Counter[str]] = defaultdict(Counter)
+        super().__init__()
         if backend is None:
             queue = MemoryQueue(
                 faults=MemoryQueueFaults(
@@ -181,9 +153,6 @@ class MemoryStack:
         )
         self._task_group: anyio.abc.TaskGroup | None = None
 
-    def _count(self, run_id: str, node_id: str, attempt: int) -> None:
-        self.invocations[run_id][node_id] += 1
-
     async def _checkpoint(self, step: str) -> None:
         message = _current.get()
         if message.id in self._crashed or self._rng.random() >= self.faults.crash_rate / len(
@@ -211,37 +180,15 @@ class MemoryStack:
         self._task_group.cancel_scope.cancel()
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
-    async def start(
-        self,
-        blueprint_id: str,
-        context: Mapping[str, Any] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> str:
-        return await self.adapter.start_run(blueprint_id, context, run_id=run_id)
-
     async def wait(self, run_id: str, timeout: float = 10.0) -> RunResult:
         """The run once it is completed, failed, cancelled or awaiting (TimeoutError otherwise)."""
         with anyio.fail_after(timeout):
             while True:
                 changed = self._watch.changed(run_id)
                 view = await self.store.get(run_id)
-                if view.status in SETTLED:
+                if view.status in SETTLED_STATUSES:
                     return RunResult.from_view(view, self.invocations[run_id])
                 await changed.wait()
-
-    async def resume(
-        self,
-        run_id: str,
-        action: str | None = None,
-        output: Any = None,
-        *,
-        node_id: str | None = None,
-    ) -> None:
-        await self.adapter.resume_with_action(run_id, action, output, node_id=node_id)
-
-    async def cancel(self, run_id: str) -> None:
-        await self.adapter.cancel(run_id)
 
 
 def run_workflow(

@@ -69,7 +69,7 @@ from flowcraft_puller.engine.executor import ExecutionEnv
 from flowcraft_puller.engine.step import Engine
 from flowcraft_puller.runstore.http import HttpRunStore
 from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunView
-from flowcraft_puller.testing.memory_stack import load_blueprints
+from flowcraft_puller.testing.stack import load_blueprints
 
 LOOPBACK: Final = "127.0.0.1"
 JOB_QUEUE: Final = "flowcraft-jobs"

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from flowcraft_puller.testing.memory_stack import RunResult
+from flowcraft_puller.testing.stack import RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS_DIR = (ROOT.parent / "shared" / "conformance").resolve()

@@ -4,7 +4,6 @@ splitting, decoding, and retries under injected faults."""
 from __future__ import annotations
 
 import base64
-import re
 import signal
 import socket
 import subprocess
@@ -474,14 +473,11 @@ def test_python_m_emulator_serves_until_terminated(tmp_path: Path) -> None:
     )
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert found is not None, line
-        queue_id = re.search(r"'flowcraft-jobs': '([0-9a-f]{32})'", line)
-        assert queue_id is not None, line
+        listening = orjson.loads(process.stdout.readline())
+        assert listening["event"] == "emulator listening"
         path = (
-            f"{found.group(0)}/client/v4/accounts/0123456789abcdef0123456789abcdef/queues/"
-            f"{queue_id.group(1)}/messages/pull"
+            f"{listening['url']}/client/v4/accounts/{listening['account_id']}/queues/"
+            f"{listening['queues']['flowcraft-jobs']}/messages/pull"
         )
         response = httpx.post(path, json={}, headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.json()["success"] is True
