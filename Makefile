@@ -1,6 +1,7 @@
 # flowcraft-puller — developer entry points.
 #   make dev    the whole system on this machine (emulator + daemon + one example run)
 #   make test   everything CI runs: lint, types, Python tests, the Worker's tests under workerd
+#   make bench  the benchmark (bench.mk); make deploy-check, container-smoke (deploy.mk)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,12 +27,12 @@ dev: $(STAMP)
 	$(BIN)/flowcraft-puller dev --state var/dev-state.sqlite
 
 lint: $(STAMP) $(NODE_STAMP)
-	$(BIN)/ruff check flowcraft_puller tests examples
-	$(BIN)/ruff format --check flowcraft_puller tests examples
+	$(BIN)/ruff check flowcraft_puller tests examples bench
+	$(BIN)/ruff format --check flowcraft_puller tests examples bench
 	npm run --prefix worker --silent lint
 
 typecheck: $(STAMP) $(NODE_STAMP)
-	$(BIN)/mypy flowcraft_puller
+	$(BIN)/mypy flowcraft_puller bench
 	npm run --prefix worker --silent typecheck
 
 pytest: $(STAMP) $(NODE_STAMP)
@@ -46,3 +47,4 @@ clean:
 	rm -rf $(VENV) worker/node_modules .pytest_cache .mypy_cache .ruff_cache var
 
 include deploy.mk
+include bench.mk

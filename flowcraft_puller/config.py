@@ -97,11 +97,11 @@ class QueueConfig(_Section):
 
 
 class DaemonConfig(_Section):
-    concurrency: int = Field(default=64, ge=1, le=10_000)
+    concurrency: int = Field(default=128, ge=1, le=10_000)
     drain_timeout: Duration = 25.0
     idle_backoff_min: Duration = 0.05
     idle_backoff_max: Duration = 1.0
-    ack_linger: Duration = 0.02
+    ack_linger: Duration = 0.1
     inline_retry_limit: Duration = 5.0
     max_loop_iterations: int = Field(default=10_000, ge=1)
     evaluator: EvaluatorName = "property"

@@ -3,7 +3,9 @@
 Per configured queue it runs N pull loops. A loop pulls only as many messages as the shared
 pool has free slots, so nothing waits leased in a local buffer; each message runs
 ``adapter.handle_job`` at once; outcomes go to the queue's ack batcher, which flushes acks and
-retries in requests of at most 100 entries every few milliseconds.
+retries in requests of at most 100 entries (or after ``ack_linger``). A loop pulls again at
+once only while pulls come back full; after a short or empty pull it waits for one of its jobs
+to finish (whose commit may have released more jobs) or for its idle back-off.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ class SupervisorSettings:
     drain_timeout_s: float = 25.0
     idle_backoff_min_s: float = 0.05
     idle_backoff_max_s: float = 1.0
-    ack_linger_s: float = 0.02
+    ack_linger_s: float = 0.1
+    """Flush acks this long after the first one waits (or at 100). At most the smallest lease
+    margin (0.1 s for a 1 s visibility timeout), so an ack never outlives its lease."""
     fill_wait_s: float = 0.02
     """How long a loop waits for a quarter of the pool to free up before pulling fewer."""
     lease_margin_s: float = 2.0
@@ -226,6 +230,12 @@ class _State:
     """Set when the last in-flight job finished after a stop was requested."""
 
 
+def _jittered(backoff: float) -> float:
+    """An idle wait of ``backoff`` to 1.25 × ``backoff``: loops drift apart, and a loop backed
+    off to ``idle_backoff_max`` never pulls more often than once per ``idle_backoff_max``."""
+    return backoff * random.uniform(1.0, 1.25)
+
+
 def _blueprint_of(message: QueueMessage) -> str:
     body = message.body
     value = body.get("blueprintId") if isinstance(body, dict) else None
@@ -260,6 +270,8 @@ class Supervisor:
         self._on_reload = on_reload
         self._state = _State()
         self._running: dict[str, tuple[QueueBinding, QueueMessage]] = {}
+        self._job_finished: anyio.Event | None = None
+        """Set when a job finishes, for pull loops idling while jobs are in flight."""
         self.handed_back = 0
         """Messages given back to their queue unprocessed (pulled during or cut off by a drain)."""
         self.fatal: QueueConfigError | None = None
@@ -339,19 +351,46 @@ class Supervisor:
         with anyio.move_on_after(seconds):
             await self._state.stopping.wait()
 
-    async def _idle(self, binding: QueueBinding, seconds: float) -> None:
-        """Back off after an empty pull; an in-process queue can cut the wait short."""
-        if not isinstance(binding.queue, NotifyingQueue):
+    async def _idle(self, binding: QueueBinding, seconds: float) -> bool:
+        """Wait before the next pull after one that came back empty or short. A stop request,
+        an in-process queue's signal and — while jobs are in flight — a job finishing cut the
+        wait short: a finished job's commit may have released the jobs that come next. True
+        when a finished job ended the wait."""
+        queue = binding.queue
+        if not isinstance(queue, NotifyingQueue) and not self._running:
             await self._pause(seconds)
-            return
+            return False
+        woken_by_job = False
         async with anyio.create_task_group() as race:
 
             async def until(waiter: Awaitable[None]) -> None:
                 await waiter
                 race.cancel_scope.cancel()
 
-            race.start_soon(until, binding.queue.wait_for_messages(seconds))
+            async def until_a_job_finished() -> None:
+                nonlocal woken_by_job
+                await self._next_finished_job()
+                woken_by_job = True
+                race.cancel_scope.cancel()
+
+            if isinstance(queue, NotifyingQueue):
+                race.start_soon(until, queue.wait_for_messages(seconds))
+            else:
+                race.start_soon(until, anyio.sleep(seconds))
             race.start_soon(until, self._state.stopping.wait())
+            if self._running:
+                race.start_soon(until_a_job_finished)
+        return woken_by_job
+
+    async def _next_finished_job(self) -> None:
+        if self._job_finished is None:
+            self._job_finished = anyio.Event()
+        await self._job_finished.wait()
+
+    def _announce_finished_job(self) -> None:
+        if self._job_finished is not None:
+            self._job_finished.set()
+            self._job_finished = None
 
     async def _pull_loop(
         self, binding: QueueBinding, index: int, jobs: anyio.abc.TaskGroup
@@ -400,8 +439,8 @@ class Supervisor:
                 self.pool.give_back(len(messages))
                 return
             if not messages:
-                await self._idle(binding, backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, settings.idle_backoff_max_s)
+                if not await self._idle(binding, _jittered(backoff)):
+                    backoff = min(backoff * 2, settings.idle_backoff_max_s)
                 continue
             backoff = settings.idle_backoff_min_s
             margin = min(settings.lease_margin_s, binding.visibility_timeout_s / 10)
@@ -410,6 +449,10 @@ class Supervisor:
                 self._running[message.lease_id] = (binding, message)
                 jobs.start_soon(self._process, binding, message, deadline)
             self.events.in_flight(self.in_flight)
+            if len(messages) < granted:
+                # The queue ran dry: pull again once a job finished (its commit may have
+                # released more) rather than at once, which would come back empty.
+                await self._idle(binding, _jittered(backoff))
 
     def _hand_back(self, binding: QueueBinding, messages: Sequence[QueueMessage]) -> None:
         batcher = self.batchers[binding.name]
@@ -431,6 +474,7 @@ class Supervisor:
             if not self._running and self.stopping:
                 self._state.idle.set()
             self.pool.give_back(1)
+            self._announce_finished_job()
             self.events.in_flight(self.in_flight)
             if not finished:
                 self._hand_back(binding, [message])

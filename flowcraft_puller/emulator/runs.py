@@ -348,22 +348,11 @@ class RunService:
         return _json(_dump(answer))
 
     async def _batch(self, body: bytes) -> Response:
+        """Every entry in entry order. The Worker runs the entries of different runs
+        concurrently; the emulator's store answers without waiting on anything but its own
+        job queue, so one after another gives the same answers without a task per run."""
         entries = validate(_BatchRequest, _parse_json(body)).entries
-        results: list[Any] = [None] * len(entries)
-        by_run: dict[str, list[int]] = {}
-        for index, entry in enumerate(entries):
-            by_run.setdefault(entry.run_id, []).append(index)
-
-        async def run_in_order(indices: list[int]) -> None:
-            for index in indices:
-                results[index] = await self._entry(entries[index], index)
-
-        if len(by_run) == 1:
-            await run_in_order(next(iter(by_run.values())))
-        else:
-            async with anyio.create_task_group() as group:
-                for indices in by_run.values():
-                    group.start_soon(run_in_order, indices)
+        results = [await self._entry(entry, index) for index, entry in enumerate(entries)]
         return _json({"results": results})
 
     async def _entry(self, entry: _BatchEntry, index: int) -> dict[str, Any]:

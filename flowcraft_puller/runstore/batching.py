@@ -3,8 +3,10 @@
 ``claim``, ``commit``, ``attempts``, ``fail`` and ``get`` calls made by many tasks at once wait
 in one list; a single flusher task sends them as one batch when ``max_entries`` are waiting or
 ``linger_ms`` after the first arrived, and each caller gets its own entry's answer (or error).
-A call made while nothing is waiting or in flight goes straight to its endpoint, so a lone
-caller pays no linger. Every other call passes through to the HTTP store.
+A call that turns out to be alone — nothing else waiting once the tasks scheduled with it had
+their turn, nothing in flight — goes straight to its endpoint, so a lone caller pays no linger,
+while the calls a burst of tasks makes together (the claims of one pull) share one batch.
+Every other call passes through to the HTTP store.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from pydantic import BaseModel
 
 from flowcraft_puller.runstore.http import (
@@ -52,9 +55,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class _Slot:
-    """One waiting call: its batch entry, and its answer once the batch came back."""
+    """One waiting call: its batch entry, and its answer once the batch came back (or the
+    go-ahead to call its endpoint directly)."""
 
-    __slots__ = ("abandoned", "done", "entry", "error", "result")
+    __slots__ = ("abandoned", "direct", "done", "entry", "error", "result")
 
     def __init__(self, entry: BatchEntry) -> None:
         self.entry = entry
@@ -62,6 +66,7 @@ class _Slot:
         self.result: BatchResult | None = None
         self.error: BaseException | None = None
         self.abandoned = False
+        self.direct = False
 
 
 class BatchingRunStore:
@@ -205,12 +210,6 @@ class BatchingRunStore:
             raise StoreUnavailable(
                 "the batching run store is not open; use it as `async with BatchingRunStore(...)`"
             )
-        if self.direct_when_idle and not self._waiting and self._in_flight == 0:
-            self._in_flight += 1
-            try:
-                return await direct()
-            finally:
-                self._in_flight -= 1
         slot = _Slot(BatchEntry(op, run_id, body))
         self._waiting.append(slot)
         if len(self._waiting) == 1 or len(self._waiting) >= self.max_entries:
@@ -219,19 +218,31 @@ class BatchingRunStore:
             await slot.done.wait()
         except BaseException:
             slot.abandoned = True
+            if slot.direct:
+                self._in_flight -= 1
             raise
+        if slot.direct:
+            try:
+                return await direct()
+            finally:
+                self._in_flight -= 1
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None
         return decode_result(slot.result, model, f"{op} of run {run_id!r} in a batch")
 
     async def _flush_forever(self) -> None:
-        """Send waiting calls: at once when ``max_entries`` wait, else after the linger."""
+        """Send waiting calls: at once when ``max_entries`` wait, else after the linger; a call
+        that is alone goes to its endpoint."""
         assert self._group is not None
         while True:
             while not self._waiting:
                 self._wake = anyio.Event()
                 await self._wake.wait()
+            if self.direct_when_idle and self._in_flight == 0:
+                await anyio.lowlevel.checkpoint()
+                if self._go_direct():
+                    continue
             if len(self._waiting) < self.max_entries and self.linger_s > 0:
                 self._wake = anyio.Event()
                 with anyio.move_on_after(self.linger_s):
@@ -245,6 +256,18 @@ class BatchingRunStore:
             self._in_flight += 1
             self._sending.append(batch)
             self._group.start_soon(self._send, batch)
+
+    def _go_direct(self) -> bool:
+        """Let a call that is still alone, with nothing in flight, call its endpoint itself."""
+        live = [slot for slot in self._waiting if not slot.abandoned]
+        if len(live) > 1 or self._in_flight:
+            return False
+        self._waiting.clear()
+        for slot in live:
+            slot.direct = True
+            self._in_flight += 1
+            slot.done.set()
+        return True
 
     async def _send(self, batch: list[_Slot]) -> None:
         """Send one batch and hand every caller its answer, whatever happens to the request."""
