@@ -24,7 +24,7 @@ import structlog
 
 from flowcraft_puller.adapter import JobOutcome
 from flowcraft_puller.queue.errors import QueueConfigError, QueueRateLimited
-from flowcraft_puller.queue.protocol import Queue, QueueMessage, Retry
+from flowcraft_puller.queue.protocol import PullResult, Queue, QueueMessage, Retry
 
 log = structlog.get_logger("flowcraft_puller.supervisor")
 
@@ -118,6 +118,8 @@ class SupervisorSettings:
     """How long a loop waits for a quarter of the pool to free up before pulling fewer."""
     lease_margin_s: float = 2.0
     """Finish (or give up acking) this long before the visibility timeout ends."""
+    pull_grace_s: float = 1.0
+    """After a stop, a pull still under way (being retried) is abandoned after this long."""
 
 
 class DispatchPool:
@@ -270,6 +272,7 @@ class Supervisor:
         self._on_reload = on_reload
         self._state = _State()
         self._running: dict[str, tuple[QueueBinding, QueueMessage]] = {}
+        self._pulls: set[anyio.CancelScope] = set()
         self._job_finished: anyio.Event | None = None
         """Set when a job finishes, for pull loops idling while jobs are in flight."""
         self.handed_back = 0
@@ -306,6 +309,7 @@ class Supervisor:
                 services.start_soon(self._signals)
             for batcher in self.batchers.values():
                 services.start_soon(batcher.run)
+            services.start_soon(self._abandon_pulls_after_stop)
             async with anyio.create_task_group() as jobs:
                 async with anyio.create_task_group() as loops:
                     for binding in self.queues:
@@ -327,6 +331,27 @@ class Supervisor:
             why = "drain timeout" if waited.cancelled_caught else "second signal"
             log.warning("handing unfinished jobs back to the queue", count=left, reason=why)
             jobs.cancel_scope.cancel()
+
+    async def _abandon_pulls_after_stop(self) -> None:
+        """Once stopping, cancel the pulls still under way after ``pull_grace_s`` (at once on a
+        second signal): a pull the queue client keeps retrying must not hold the shutdown up."""
+        await self._state.stopping.wait()
+        with anyio.move_on_after(self.settings.pull_grace_s):
+            await self._state.hurry.wait()
+        for scope in list(self._pulls):
+            scope.cancel()
+
+    async def _pull_unless_abandoned(
+        self, queue: Queue, count: int, visibility_ms: int
+    ) -> PullResult | None:
+        """``queue.pull``, or None when the shutdown abandoned it."""
+        with anyio.CancelScope() as pulling:
+            self._pulls.add(pulling)
+            try:
+                return await queue.pull(count, visibility_ms)
+            finally:
+                self._pulls.discard(pulling)
+        return None
 
     async def _until_idle(self, group: anyio.abc.TaskGroup) -> None:
         if self.in_flight:
@@ -406,7 +431,7 @@ class Supervisor:
             if granted == 0:
                 continue
             try:
-                result = await binding.queue.pull(granted, visibility_ms)
+                result = await self._pull_unless_abandoned(binding.queue, granted, visibility_ms)
             except QueueConfigError as exc:
                 self.pool.give_back(granted)
                 log.error("queue is misconfigured; stopping", queue=binding.name, error=exc.message)
@@ -426,6 +451,9 @@ class Supervisor:
                 await self._pause(wait)
                 backoff = min(backoff * 2, settings.idle_backoff_max_s)
                 continue
+            if result is None:
+                self.pool.give_back(granted)
+                return
             pulled_at = time.monotonic()
             messages = result.messages
             self.pool.give_back(granted - len(messages))

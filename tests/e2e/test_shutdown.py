@@ -111,17 +111,6 @@ async def test_drain_timeout_hands_unfinished_jobs_back_for_immediate_redelivery
     await _assert_handed_back_for_immediate_redelivery(emulator, executions_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A pull that the queue client is retrying (tenacity: 5xx back-off, or a 429's "
-        "Retry-After up to 60 s, 5 attempts) is never interrupted: Supervisor.run waits for "
-        "every pull loop to return before _drain starts, so neither drain_timeout nor a second "
-        "SIGTERM applies and the daemon overstays docker's 10 s / systemd's 90 s stop timeout "
-        "(here ~2 min). Fix: cancel pull loops still inside queue.pull() once stopping (at the "
-        "latest at the drain deadline or on the second signal)"
-    ),
-)
 async def test_sigterm_exits_within_the_drain_timeout_while_a_pull_is_being_retried(
     emulator: EmulatorProcess, make_daemon: DaemonFactory
 ) -> None:
