@@ -4,6 +4,8 @@
 ``job_sink`` returns a callable giving the job bodies the store has delivered so far. The
 stores are the emulator's RunService on uvicorn and the production Worker under workerd
 (Miniflare), which sends its jobs through ``QUEUE_REST_URL`` to a recording endpoint here.
+``worker_with_job_log`` is a Worker of its own whose sent jobs are kept with their delays (the
+differential test compares them with the reference store's).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,7 +28,7 @@ from starlette.routing import Route
 
 from flowcraft_puller.emulator.runs import RunService
 from flowcraft_puller.queue.protocol import OutgoingMessage
-from flowcraft_puller.testing.worker import WorkerProcess
+from flowcraft_puller.testing.worker import WORKER_DIR, WorkerProcess
 from tests.serving import run_service_app, serve_in_thread
 
 JobSink = Callable[[], list[Any]]
@@ -125,3 +128,75 @@ def run_store_url(store_under_test: StoreUnderTest) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def job_sink(store_under_test: StoreUnderTest) -> JobSink:
     return store_under_test.jobs
+
+
+@dataclass(frozen=True)
+class SentJob:
+    """One message the Worker sent to its queue: the job body and its delivery delay."""
+
+    body: Any
+    delay_seconds: int
+
+
+class JobLog:
+    """Every message posted to the recording queue endpoint, in arrival order."""
+
+    def __init__(self) -> None:
+        self._jobs: list[SentJob] = []
+        self._lock = threading.Lock()
+
+    def add(self, jobs: list[SentJob]) -> None:
+        with self._lock:
+            self._jobs.extend(jobs)
+
+    def since(self, index: int) -> list[SentJob]:
+        """The jobs recorded after the first ``index`` ones."""
+        with self._lock:
+            return self._jobs[index:]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+
+@dataclass(frozen=True)
+class WorkerWithJobLog:
+    base_url: str
+    secret: str
+    jobs: JobLog
+
+
+def _job_log_endpoint(log: JobLog) -> Starlette:
+    """Cloudflare's batch-send route keeping each message's ``delay_seconds`` too."""
+
+    async def batch(request: Request) -> JSONResponse:
+        messages = orjson.loads(await request.body())["messages"]
+        log.add([SentJob(m["body"], m.get("delay_seconds", 0)) for m in messages])
+        return JSONResponse({"success": True, "errors": [], "messages": [], "result": {}})
+
+    return Starlette(
+        routes=[Route("/accounts/{account}/queues/{queue}/messages/batch", batch, methods=["POST"])]
+    )
+
+
+def require_worker_packages(worker_dir: Path) -> None:
+    """Fail (never skip) when the Worker's npm packages are missing: CI installs them."""
+    if not (worker_dir / "node_modules").is_dir():
+        pytest.fail(
+            f"the Worker's npm packages are missing ({worker_dir / 'node_modules'});"
+            " run `npm ci --prefix worker` in the repository root (CI does)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def worker_with_job_log() -> Iterator[WorkerWithJobLog]:
+    """A Worker of its own under workerd whose queue sends are recorded with their delays."""
+    require_worker_packages(WORKER_DIR)
+    secret = secrets.token_urlsafe(24)
+    log = JobLog()
+    with (
+        serve_in_thread(lambda: _job_log_endpoint(log)) as queue,
+        _worker_in_thread(secret, f"{queue}/accounts/a/queues/q") as url,
+    ):
+        yield WorkerWithJobLog(f"{url}/v1", secret, log)
