@@ -48,6 +48,7 @@ from flowcraft_puller.runstore.protocol import (
     StartRequest,
     StatusResponse,
     TopologyNode,
+    Unauthorized,
 )
 
 log = structlog.get_logger("flowcraft_puller.adapter")
@@ -179,7 +180,7 @@ class Adapter:
             log.warning(
                 "run store refused a call", error=exc.message, code=exc.code, message_id=message.id
             )
-            if exc.http_status >= 500:
+            if exc.http_status >= 500 or isinstance(exc, Unauthorized):
                 return JobOutcome(
                     "retry", "store_unavailable", self.settings.error_retry_seconds, exc.message
                 )

@@ -572,7 +572,11 @@ class RunState:
         gen = self.gens.get(node)
         record = self.records.get((node, gen)) if gen is not None else None
         known = record.hook_token if record is not None else None
-        if record is None or known is None or not hmac.compare_digest(known, token):
+        if (
+            record is None
+            or known is None
+            or not hmac.compare_digest(known.encode(), token.encode())
+        ):
             raise RunNotFound("no such webhook")
         awaiting = record.awaiting
         if record.result is not None or awaiting is None or awaiting.resolution is not None:

@@ -21,12 +21,6 @@ pytestmark = pytest.mark.anyio
 ONE_NODE = {"id": "security-one", "nodes": [{"id": "A", "uses": "const"}], "edges": []}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter.py Adapter.handle_job treats every 4xx RunStoreError as a moot job "
-    "(JobOutcome('ack', 'conflict')), so a 401 Unauthorized acks — drops — the message and "
-    "the run stays running until reconciled; a 401 should retry with a delay instead",
-)
 async def test_a_daemon_with_a_wrong_coordinator_secret_leaves_its_jobs_queued(
     emulator: EmulatorServer,
 ) -> None:

@@ -107,13 +107,6 @@ async def _deliver_twice_and_guess(
     return answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runstore/state.py RunState.hook compares str tokens with hmac.compare_digest, which "
-    "raises TypeError for non-ASCII text: the emulator answers 500 (and logs a traceback) "
-    "instead of the protocol's indistinguishable 404; compare token.encode() with "
-    "known.encode() instead",
-)
 async def test_a_webhook_token_with_non_ascii_characters_is_not_found(
     emulator_with_hook: tuple[str, str],
 ) -> None:
