@@ -356,9 +356,7 @@ def commit_calls(draw: st.DrawFn, shape: RunShape, awaiting: bool) -> Call:
             "details": {"why": draw(st.integers(0, 3))},
             "external": draw(st.booleans()),
             "hookToken": draw(st.sampled_from([*HOOK_TOKENS, None])),
-            # Never OVERSIZED while the Worker does not refuse it (known drift):
-            # test_an_oversized_awaiting_result_is_refused.
-            "result": draw(st.one_of(st.none(), resolutions(JSON_VALUES))),
+            "result": draw(st.one_of(st.none(), resolutions())),
         }
     else:
         body["result"] = None if draw(one_in(20)) else draw(resolutions())
@@ -435,9 +433,7 @@ def ops_calls(draw: st.DrawFn, shape: RunShape) -> Call:
         {
             "op": names,
             "key": keys,
-            # Never OVERSIZED while the Worker does not refuse it (known drift):
-            # test_an_oversized_value_in_any_op_is_refused and ..._naming_its_path.
-            "value": JSON_VALUES,
+            "value": PAYLOADS,
             "ttlSeconds": st.sampled_from([None, 3600]),
         }
     )
@@ -848,10 +844,10 @@ def test_worker_answers_every_call_like_the_reference_run_state(
         run.step(data.draw(calls(shape), label=f"call {index + 1}"))
 
 
-# ---- known drift ---------------------------------------------------------------------------
-# Each test below replays the minimal sequence of a drift the random test found; the random
-# calls leave these cases out (op values and awaiting results are never OVERSIZED there) until
-# the Worker is fixed, when these tests pass, fail as strict xfails, and come out again.
+# ---- drift found and fixed ------------------------------------------------------------------
+# Each test below replays the minimal sequence of a drift the random test found in the Worker:
+# it checked an op value's size only where it stored it, named the field `value`, and stored
+# an awaiting result of any size. They pin the fix whatever sequences the random test draws.
 
 ONE_NODE_START: Final = Call(
     "start",
@@ -867,13 +863,6 @@ def new_differential(worker_side: WorkerSide, portal: BlockingPortal) -> Differe
     return Differential(f"diff-{uuid.uuid4().hex}", worker_side, ReferenceSide(portal))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="DRIFT (Worker): it checks the size of an op value only where it stores it"
-    " (setIfNotExist creating a key, context.set), so an oversized value in a get answers 200;"
-    " protocol §8 limits every op value and the reference answers 400 (field ops[0].value)",
-)
 def test_an_oversized_value_in_any_op_is_refused(
     worker_side: WorkerSide, portal: BlockingPortal
 ) -> None:
@@ -882,12 +871,6 @@ def test_an_oversized_value_in_any_op_is_refused(
     run.step(Call("ops", {"ops": [{"op": "get", "key": "c0", "value": OVERSIZED}]}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="DRIFT (Worker): it names an oversized op value's field `value`; protocol §1.1 wants"
-    " the JSON path, `ops[1].value`, as the reference answers",
-)
 def test_an_oversized_op_value_is_refused_naming_its_path(
     worker_side: WorkerSide, portal: BlockingPortal
 ) -> None:
@@ -897,13 +880,6 @@ def test_an_oversized_op_value_is_refused_naming_its_path(
     run.step(Call("ops", {"ops": ops}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="DRIFT (Worker): it stores an awaiting commit's `awaiting.result` of any size (200);"
-    " protocol §8 limits a result output to 2,000,000 bytes and the reference answers 400"
-    " (field awaiting.result.output)",
-)
 def test_an_oversized_awaiting_result_is_refused(
     worker_side: WorkerSide, portal: BlockingPortal
 ) -> None:

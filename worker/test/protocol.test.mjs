@@ -594,3 +594,119 @@ describe("ops", () => {
     assert.equal("x" in (await view(id)).context, false);
   });
 });
+
+describe("the size limit of one JSON value (§8)", () => {
+  const LIMIT = 2_000_000;
+  /** A string whose JSON text is `bytes` long (its two quotes included). */
+  const serializedAs = (/** @type {number} */ bytes) => "x".repeat(bytes - 2);
+  const OVERSIZED = serializedAs(LIMIT + 1);
+
+  test("an op value of exactly the limit is accepted; one byte more is refused", async () => {
+    const id = await started({ A: {} }, ["A"]);
+    const fits = await worker.post(`/v1/runs/${id}/ops`, {
+      ops: [{ op: "get", key: "k", value: serializedAs(LIMIT) }],
+    });
+    assert.deepEqual([fits.status, fits.body.results], [200, [null]]);
+    const over = await worker.post(`/v1/runs/${id}/ops`, { ops: [{ op: "get", key: "k", value: OVERSIZED }] });
+    assert.deepEqual([over.status, over.body.error.field], [400, "ops[0].value"]);
+  });
+
+  const OP_NAMES = [
+    "get",
+    "setIfNotExist",
+    "increment",
+    "extendTTL",
+    "delete",
+    "context.get",
+    "context.has",
+    "context.set",
+    "context.delete",
+    "context.toJSON",
+  ];
+  for (const name of OP_NAMES) {
+    test(`an oversized value in ${name} is refused with its JSON path, even where it is not stored`, async () => {
+      const id = await started({ A: {} }, ["A"]);
+      await worker.post(`/v1/runs/${id}/ops`, { ops: [{ op: "setIfNotExist", key: "k", value: 1 }] });
+      const reply = await worker.post(`/v1/runs/${id}/ops`, {
+        ops: [
+          { op: "get", key: "k" },
+          { op: name, key: "k", value: OVERSIZED },
+        ],
+      });
+      assert.deepEqual(
+        [reply.status, reply.body.error.code, reply.body.error.field],
+        [400, "bad_request", "ops[1].value"],
+      );
+    });
+  }
+
+  test("the first failing op names the error: each value is checked as its op applies", async () => {
+    const id = await started({ A: {} }, ["A"]);
+    const keyFirst = await worker.post(`/v1/runs/${id}/ops`, {
+      ops: [{ op: "get" }, { op: "context.set", key: "k", value: OVERSIZED }],
+    });
+    assert.deepEqual([keyFirst.status, keyFirst.body.error.field], [400, "key"]);
+    const valueFirst = await worker.post(`/v1/runs/${id}/ops`, {
+      ops: [{ op: "context.get", key: "k", value: OVERSIZED }, { op: "get" }],
+    });
+    assert.deepEqual([valueFirst.status, valueFirst.body.error.field], [400, "ops[0].value"]);
+  });
+
+  test("run existence comes first: an oversized op value for a missing run answers 404", async () => {
+    const reply = await worker.post(`/v1/runs/${runId("missing")}/ops`, {
+      ops: [{ op: "get", key: "k", value: OVERSIZED }],
+    });
+    assert.equal(reply.status, 404);
+  });
+
+  test("a refused op value rolls back the ops before it", async () => {
+    const id = await started({ A: {} }, ["A"]);
+    const reply = await worker.post(`/v1/runs/${id}/ops`, {
+      ops: [
+        { op: "context.set", key: "x", value: 1 },
+        { op: "setIfNotExist", key: "lock", value: "me" },
+        { op: "get", key: "lock", value: OVERSIZED },
+      ],
+    });
+    assert.deepEqual([reply.status, reply.body.error.field], [400, "ops[2].value"]);
+    const check = await worker.post(`/v1/runs/${id}/ops`, { ops: [{ op: "get", key: "lock" }] });
+    assert.deepEqual(check.body.results, [null]);
+    assert.equal("x" in (await view(id)).context, false);
+  });
+
+  test("an oversized awaiting result is refused before the node awaits", async () => {
+    const id = await started({ A: {} }, ["A"]);
+    const reply = await commit(id, {
+      nodeId: "A",
+      gen: 0,
+      result: null,
+      writes: { w: 1 },
+      awaiting: { reason: "timer", wakeAtMs: Date.now(), result: { output: OVERSIZED, action: null } },
+    });
+    assert.deepEqual([reply.status, reply.body.error.field], [400, "awaiting.result.output"]);
+    const run = await view(id);
+    assert.deepEqual(
+      [run.status, run.nodes.A.state, run.awaiting, "w" in run.context],
+      ["running", "released", {}, false],
+    );
+    const fits = await commit(id, {
+      nodeId: "A",
+      gen: 0,
+      result: null,
+      awaiting: { reason: "timer", result: { output: serializedAs(LIMIT), action: null } },
+    });
+    assert.equal(fits.status, 200, JSON.stringify(fits.body));
+  });
+
+  test("a retried commit of a completed node answers as a duplicate before any value is checked", async () => {
+    const id = await started({ A: {} }, ["A"]);
+    assert.equal((await commit(id, { nodeId: "A", gen: 0 })).status, 200);
+    const again = await commit(id, {
+      nodeId: "A",
+      gen: 0,
+      result: null,
+      awaiting: { reason: "timer", result: { output: OVERSIZED, action: null } },
+    });
+    assert.deepEqual([again.status, again.body.duplicate], [200, true]);
+  });
+});

@@ -14,6 +14,7 @@ import {
   type CommitRequest,
   type FailRequest,
   MAX_DELAY_MS,
+  MAX_VALUE_BYTES,
   type NodeRef,
   type Op,
   type ResumeRequest,
@@ -25,8 +26,6 @@ import { sameDigest } from "../secrets";
 import type { Awaiting, GenRecord, JobBody, Meta, TopologyRow } from "./model";
 import type { RunRepo } from "./repo";
 
-/** SQLite refuses strings over 2 MB; larger values are refused up front with the field. */
-const MAX_STORED_BYTES = 2_000_000;
 const RESUMABLE: ReadonlySet<string> = new Set(["external_event", "webhook"]);
 
 type Reply = { readonly [key: string]: WireValue };
@@ -35,9 +34,11 @@ function ref(node: string, gen: number): NodeRef {
   return { nodeId: node, gen };
 }
 
-function checkStoredSize(value: Json, field: string): void {
-  if (utf8Length(JSON.stringify(value)) > MAX_STORED_BYTES) {
-    throw new BadRequest(`${field} is larger than ${MAX_STORED_BYTES} bytes once serialized`, field);
+/** Refuse a value over the §8 limit (a Durable Object SQLite row holds at most 2 MB), naming its JSON path. */
+function checkValueSize(value: Json, field: string): void {
+  const size = utf8Length(JSON.stringify(value));
+  if (size > MAX_VALUE_BYTES) {
+    throw new BadRequest(`${field} is ${size} bytes once serialized, over the ${MAX_VALUE_BYTES}-byte limit`, field);
   }
 }
 
@@ -118,7 +119,7 @@ export class RunMachine {
     repo.insertMeta(meta);
     repo.insertTopology(rows);
     for (const [key, value] of Object.entries(request.context)) {
-      checkStoredSize(value, `context.${key}`);
+      checkValueSize(value, `context.${key}`);
       repo.contextSet(key, value);
     }
     repo.contextSet("blueprintId", request.blueprintId);
@@ -484,10 +485,13 @@ export class RunMachine {
       throw new BadRequest("a commit needs a result or an awaiting state", "result");
     }
     for (const [key, value] of request.writes) {
-      checkStoredSize(value, `writes.${key}`);
+      checkValueSize(value, `writes.${key}`);
     }
     if (request.result !== null) {
-      checkStoredSize(request.result.output, "result.output");
+      checkValueSize(request.result.output, "result.output");
+    }
+    if (request.awaiting !== null && request.awaiting.result !== null) {
+      checkValueSize(request.awaiting.result.output, "awaiting.result.output");
     }
   }
 
@@ -686,10 +690,17 @@ export class RunMachine {
 
   // ---- coordination store --------------------------------------------------------------
 
-  /** The generic coordination store and context access, applied in order (§4.11). */
+  /**
+   * The generic coordination store and context access, applied in order (§4.11). Each op's
+   * value is checked just before the op applies, as the reference does, so that the first
+   * failing op names the error; a failure rolls back the whole call with the transaction.
+   */
   ops(ops: readonly Op[]): Reply {
     this.repo.sweepCoordination(this.now);
-    const results = ops.map((op) => this.op(op));
+    const results = ops.map((op, index) => {
+      checkValueSize(op.value, `ops[${index}].value`);
+      return this.op(op);
+    });
     this.meta.updatedAtMs = this.now;
     return { results };
   }
@@ -711,7 +722,6 @@ export class RunMachine {
         if (entry !== undefined) {
           return false;
         }
-        checkStoredSize(op.value, "value");
         this.repo.coordinationPut(key, op.value, expires);
         return true;
       case "increment": {
@@ -735,7 +745,6 @@ export class RunMachine {
       case "context.has":
         return this.repo.contextHas(key);
       case "context.set":
-        checkStoredSize(op.value, "value");
         this.repo.contextSet(key, op.value);
         return true;
       case "context.delete":
