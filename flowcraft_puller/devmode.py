@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from flowcraft_puller.progress import follow_run
 
 EXAMPLES: Final = Path(__file__).resolve().parents[1] / "examples"
 DEV_TOKEN: Final = "flowcraft-dev-token"
+CLI_NAME: Final = "flowcraft-puller"
 DEV_SECRET: Final = "flowcraft-dev"
 JOB_QUEUE: Final = "flowcraft-jobs"
 
@@ -123,7 +125,10 @@ async def _dev(options: DevOptions) -> int:
             if options.once:
                 daemon.stop()
             else:
-                prefix = f"    FLOWCRAFT_COORDINATOR_SECRET={DEV_SECRET} flowcraft-puller"
+                prefix = f"    FLOWCRAFT_COORDINATOR_SECRET={DEV_SECRET} "
+                if str(config.settings.coordinator.url).rstrip("/") != emulator.url.rstrip("/"):
+                    prefix += f"FLOWCRAFT__COORDINATOR__URL={emulator.url} "
+                prefix += _cli_command()
                 _say(
                     "▶ serving; Ctrl-C to stop. Try, in another terminal:\n"
                     f"{prefix} start {blueprint} --config {config_path} --wait\n"
@@ -132,3 +137,11 @@ async def _dev(options: DevOptions) -> int:
     finally:
         await emulator.__aexit__(None, None, None)
     return code
+
+
+def _cli_command() -> str:
+    """How to call this CLI from another terminal: its bare name when it is on PATH (an
+    activated virtualenv or an installed tool), else its path next to this interpreter."""
+    if shutil.which(CLI_NAME):
+        return CLI_NAME
+    return str(Path(sys.executable).parent / CLI_NAME)
