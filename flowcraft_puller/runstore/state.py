@@ -58,11 +58,12 @@ MAX_VALUE_BYTES: Final = 2_000_000
 """The largest serialized JSON value (a Durable Object SQLite row holds at most 2 MB)."""
 
 
-def _check_size(value: Any, field: str) -> None:
+def _check_size(value: Any, field: str, what: str = "value") -> None:
+    """Refuse ``value`` if its compact JSON is over MAX_VALUE_BYTES (400 naming ``field``)."""
     size = len(orjson.dumps(value))
     if size > MAX_VALUE_BYTES:
         raise BadRequest(
-            f"value of {size} bytes exceeds the {MAX_VALUE_BYTES}-byte limit of one stored value",
+            f"{what} of {size} bytes exceeds the {MAX_VALUE_BYTES}-byte limit of one stored value",
             field=field,
         )
 
@@ -282,12 +283,25 @@ class RunState:
             self.context.pop("_awaitingDetails", None)
             return
         self.context["_awaitingNodeIds"] = ids
+        self.context["_awaitingDetails"] = self._awaiting_details()
+
+    def _awaiting_details(
+        self, entering: dict[tuple[str, int], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """``_awaitingDetails``: each awaiting node's details (a later generation wins).
+
+        ``entering`` maps pairs about to await to their new details: the value as it would be.
+        """
+        entering = entering or {}
         details: dict[str, Any] = {}
-        for node, gen in sorted(self.awaiting):
+        for node, gen in sorted(self.awaiting | entering.keys()):
+            if (node, gen) in entering:
+                details[node] = entering[(node, gen)]
+                continue
             awaiting = self.records[(node, gen)].awaiting
             assert awaiting is not None
             details[node] = awaiting.spec.details
-        self.context["_awaitingDetails"] = details
+        return details
 
     def _notify_parent(self) -> None:
         if self.parent is None:
@@ -484,6 +498,12 @@ class RunState:
             _check_size(request.result.output, "result.output")
         if request.awaiting is not None and request.awaiting.result is not None:
             _check_size(request.awaiting.result.output, "awaiting.result.output")
+        if request.awaiting is not None:
+            _check_size(
+                self._awaiting_details({(node, request.gen): request.awaiting.details}),
+                "awaiting.details",
+                "_awaitingDetails (the details of every awaiting node together)",
+            )
 
     def _enter_awaiting(
         self, node: str, gen: int, record: GenRecord, spec: AwaitingSpec, now_ms: int
@@ -556,6 +576,7 @@ class RunState:
         if not targets:
             which = f"node {request.node_id!r}" if request.node_id else "a wait node"
             raise Conflict(f"run {self.run_id!r} has no {which} awaiting a resume")
+        _check_size(request.output, "output")
         self.context["_resume.action"] = request.action
         if "output" in request.model_fields_set:
             self.context["_resume.output"] = request.output
@@ -583,6 +604,7 @@ class RunState:
             raise Conflict("this webhook was already delivered")
         if self.status in TERMINAL_STATUSES:
             raise Conflict(f"run is {self.status}")
+        _check_size(body, "body", "webhook body")
         awaiting.resolution = Resolution(output=body)
         self._job(node, gen or 0)
         self._settle(now_ms)

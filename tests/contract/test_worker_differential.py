@@ -7,7 +7,9 @@ with arrivals and skips among the node's successors, writes, re-arms, batch work
 records (timers, hooks); attempts with retry delays; resumes; webhook deliveries, replays and
 forged tokens; fail, cancel, reconcile, coordination ops (failing ones included), gets and
 repeated starts — a few of them through ``POST /v1/batch``, and a few carrying a value over the
-2,000,000-byte limit. Every call goes to the Worker under workerd over HTTP and to the reference
+2,000,000-byte limit (a context, write, result, op value, resume output or webhook body; or
+awaiting details, alone or only together with another awaiting node's). Every call goes to the
+Worker under workerd over HTTP and to the reference
 :class:`~flowcraft_puller.runstore.memory.MemoryRunStore` (``RunState``) in this process; after
 each call both must agree on the HTTP status, the response, the run view and the jobs sent.
 
@@ -105,6 +107,17 @@ class OversizedText(str):
 
 
 OVERSIZED: Final = OversizedText("x" * 2_000_000)
+
+
+class HalfLimitText(str):
+    """A string half as long as one stored value's limit: the awaiting details of two nodes
+    holding one each exceed it together (``_awaitingDetails``); short in reports."""
+
+    def __repr__(self) -> str:
+        return "HALF_LIMIT"
+
+
+HALF_LIMIT: Final = HalfLimitText("x" * 1_000_000)
 
 
 # ---- calls ---------------------------------------------------------------------------------
@@ -208,7 +221,16 @@ JSON_VALUES: Final = st.recursive(
 )
 PAYLOADS: Final = one_in(25).flatmap(lambda big: st.just(OVERSIZED) if big else JSON_VALUES)
 """Stored values: JSON, and once in a while one over the stored-value limit."""
+WAKING_PAYLOADS: Final = one_in(4).flatmap(lambda big: st.just(OVERSIZED) if big else JSON_VALUES)
+"""Resume outputs and webhook bodies: drawn more rarely than other values, so more often large."""
 ACTIONS: Final = st.sampled_from([None, "go", "again"])
+
+
+LARGE_DETAIL: Final = st.sampled_from([OVERSIZED, HALF_LIMIT, HALF_LIMIT])
+AWAITING_DETAILS: Final = st.fixed_dictionaries(
+    {"why": one_in(3).flatmap(lambda big: LARGE_DETAIL if big else st.integers(0, 3))}
+)
+"""An awaiting record's details: small, and now and then too large alone or beside another's."""
 
 
 def resolutions(outputs: st.SearchStrategy[Any] = PAYLOADS) -> st.SearchStrategy[dict[str, Any]]:
@@ -353,7 +375,7 @@ def commit_calls(draw: st.DrawFn, shape: RunShape, awaiting: bool) -> Call:
         body["result"] = None
         body["awaiting"] = {
             "reason": reason,
-            "details": {"why": draw(st.integers(0, 3))},
+            "details": draw(AWAITING_DETAILS),
             "external": draw(st.booleans()),
             "hookToken": draw(st.sampled_from([*HOOK_TOKENS, None])),
             "result": draw(st.one_of(st.none(), resolutions())),
@@ -394,7 +416,7 @@ def resume_calls(draw: st.DrawFn, shape: RunShape) -> Call:
         "nodeId": None if draw(st.booleans()) else draw(awaiting_nodes(shape)),
     }
     if draw(st.booleans()):
-        body["output"] = draw(PAYLOADS)
+        body["output"] = draw(WAKING_PAYLOADS)
     return Call("resume", body)
 
 
@@ -405,7 +427,11 @@ def hook_calls(draw: st.DrawFn, shape: RunShape) -> Call:
     tokens = [*HOOK_TOKENS, FORGED_HOOK_TOKEN]
     if node in shape.hook_tokens:
         tokens = [shape.hook_tokens[node]] * 3 + tokens
-    body = {"nodeId": node, "token": draw(st.sampled_from(tokens)), "payload": draw(PAYLOADS)}
+    body = {
+        "nodeId": node,
+        "token": draw(st.sampled_from(tokens)),
+        "payload": draw(WAKING_PAYLOADS),
+    }
     return Call("hook", body)
 
 
@@ -887,3 +913,61 @@ def test_an_oversized_awaiting_result_is_refused(
     run.step(ONE_NODE_START)
     awaiting = {"reason": "timer", "result": {"output": OVERSIZED}}
     run.step(Call("commit", {"nodeId": "A", "gen": 0, "token": "a", "awaiting": awaiting}))
+
+
+# ---- limits both sides gained together --------------------------------------------------------
+# A resume's output, a webhook body and the awaiting details (of every awaiting node together)
+# are stored values too; the random test draws them rarely, these replays always.
+
+TWO_NODE_START: Final = Call(
+    "start",
+    {
+        "blueprintId": "bp",
+        "topology": {
+            "A": {"succs": [], "join": "all", "backPreds": []},
+            "B": {"succs": [], "join": "all", "backPreds": []},
+        },
+        "startNodes": ["A", "B"],
+    },
+)
+
+
+def awaiting_commit(node: str, details: dict[str, Any], hook_token: str | None = None) -> Call:
+    awaiting = {
+        "reason": "webhook" if hook_token else "external_event",
+        "details": details,
+        "external": True,
+        "hookToken": hook_token,
+    }
+    return Call("commit", {"nodeId": node, "gen": 0, "token": "a", "awaiting": awaiting})
+
+
+def test_an_oversized_resume_output_is_refused(
+    worker_side: WorkerSide, portal: BlockingPortal
+) -> None:
+    run = new_differential(worker_side, portal)
+    run.step(ONE_NODE_START)
+    run.step(awaiting_commit("A", {}))
+    run.step(Call("resume", {"action": "go", "output": OVERSIZED}))
+    run.step(Call("resume", {"action": "go", "output": 1}))
+
+
+def test_an_oversized_webhook_body_is_refused(
+    worker_side: WorkerSide, portal: BlockingPortal
+) -> None:
+    run = new_differential(worker_side, portal)
+    run.step(ONE_NODE_START)
+    run.step(awaiting_commit("A", {}, HOOK_TOKENS[0]))
+    run.step(Call("hook", {"nodeId": "A", "token": HOOK_TOKENS[0], "payload": OVERSIZED}))
+    run.step(Call("hook", {"nodeId": "A", "token": HOOK_TOKENS[0], "payload": 1}))
+
+
+def test_awaiting_details_over_the_limit_only_together_are_refused(
+    worker_side: WorkerSide, portal: BlockingPortal
+) -> None:
+    run = new_differential(worker_side, portal)
+    run.step(TWO_NODE_START)
+    run.step(awaiting_commit("A", {"why": HALF_LIMIT}))
+    run.step(awaiting_commit("B", {"why": HALF_LIMIT}))
+    run.step(awaiting_commit("B", {"why": OVERSIZED}))
+    run.step(awaiting_commit("B", {"why": 1}))

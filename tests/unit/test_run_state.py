@@ -1018,3 +1018,125 @@ def test_a_value_larger_than_a_durable_object_row_is_refused_naming_its_field() 
         )
     assert caught.value.field == "writes.big"
     assert run.records[("A", 0)].state == "released"
+
+
+# ---- the size limit of resume outputs, webhook bodies and awaiting details (§8) -----------------
+
+LIMIT = 2_000_000
+
+
+def serialized_as(size: int) -> str:
+    """A string whose compact JSON text is ``size`` bytes (its two quotes included)."""
+    return "x" * (size - 2)
+
+
+def details_serialized_as(node: str, size: int) -> dict[str, Any]:
+    """Details whose ``_awaitingDetails`` entry ``{node: details}`` alone is ``size`` bytes."""
+    overhead = len(json.dumps({node: {"k": ""}}, separators=(",", ":")))
+    return {"k": "x" * (size - overhead)}
+
+
+def test_a_resume_output_of_exactly_the_limit_is_accepted() -> None:
+    run = wait_run()
+    output = serialized_as(LIMIT)
+    run.resume(ResumeRequest(action="go", output=output), T0)
+    assert run.context["_resume.output"] == output
+
+
+def test_a_resume_output_one_byte_over_the_limit_is_refused_changing_nothing() -> None:
+    run = wait_run()
+    before, view = dict(run.context), run.view()
+    with pytest.raises(BadRequest) as caught:
+        run.resume(ResumeRequest(action="go", output=serialized_as(LIMIT + 1)), T0 + 5)
+    assert caught.value.field == "output"
+    assert (run.context, run.view(), jobs(run)) == (before, view, [])
+
+
+def test_a_resume_without_a_target_is_a_conflict_before_its_output_is_measured() -> None:
+    run = wait_run()
+    run.cancel(CancelRequest(), T0)
+    with pytest.raises(Conflict):
+        run.resume(ResumeRequest(action="go", output=serialized_as(LIMIT + 1)), T0)
+
+
+def test_a_webhook_body_of_exactly_the_limit_is_accepted() -> None:
+    run = hook_run()
+    body = serialized_as(LIMIT)
+    run.hook("H", HOOK_TOKEN, body, T0)
+    assert run.view().awaiting["H"].resolution == Resolution(output=body)
+
+
+def test_a_webhook_body_one_byte_over_the_limit_is_refused_changing_nothing() -> None:
+    run = hook_run()
+    view = run.view()
+    with pytest.raises(BadRequest) as caught:
+        run.hook("H", HOOK_TOKEN, serialized_as(LIMIT + 1), T0 + 5)
+    assert caught.value.field == "body"
+    assert (run.view(), jobs(run)) == (view, [])
+    run.hook("H", HOOK_TOKEN, {"paid": True}, T0)
+    assert run.view().awaiting["H"].resolution == Resolution(output={"paid": True})
+
+
+def test_a_wrong_token_or_a_replay_answers_before_the_webhook_body_is_measured() -> None:
+    run = hook_run()
+    with pytest.raises(RunNotFound):
+        run.hook("H", "x" * 32, serialized_as(LIMIT + 1), T0)
+    run.hook("H", HOOK_TOKEN, None, T0)
+    with pytest.raises(Conflict):
+        run.hook("H", HOOK_TOKEN, serialized_as(LIMIT + 1), T0)
+
+
+def await_commit(run: RunState, node: str, details: dict[str, Any], gen: int = 0) -> None:
+    spec = AwaitingSpec(reason="external_event", details=details, external=True)
+    commit(run, node, gen, awaiting=spec, writes={"w": node})
+
+
+def test_awaiting_details_of_exactly_the_limit_are_accepted() -> None:
+    run = start({"W": []}, ["W"])
+    details = details_serialized_as("W", LIMIT)
+    await_commit(run, "W", details)
+    stored = run.context["_awaitingDetails"]
+    assert stored == {"W": details}
+    assert len(json.dumps(stored, separators=(",", ":")).encode()) == LIMIT
+
+
+def test_awaiting_details_one_byte_over_the_limit_are_refused_changing_nothing() -> None:
+    run = start({"W": []}, ["W"])
+    view = run.view()
+    with pytest.raises(BadRequest) as caught:
+        await_commit(run, "W", details_serialized_as("W", LIMIT + 1))
+    assert caught.value.field == "awaiting.details"
+    assert (run.view(), jobs(run)) == (view, [("W", 0, 0)])
+
+
+def test_the_limit_applies_to_the_details_of_every_awaiting_node_together() -> None:
+    run = start({"P": [], "Q": []}, ["P", "Q"])
+    half = LIMIT // 2
+    await_commit(run, "P", details_serialized_as("P", half))
+    before, view = dict(run.context), run.view()
+    # {P} and {Q} merge into {P,Q}: one byte less than the two apart (two braces, one comma).
+    with pytest.raises(BadRequest) as caught:
+        await_commit(run, "Q", details_serialized_as("Q", half + 2))
+    assert caught.value.field == "awaiting.details"
+    assert (run.context, run.view()) == (before, view)
+    await_commit(run, "Q", details_serialized_as("Q", half + 1))
+    aggregate = run.context["_awaitingDetails"]
+    assert len(json.dumps(aggregate, separators=(",", ":")).encode()) == LIMIT
+
+
+def test_an_awaiting_node_that_commits_again_counts_only_its_new_details() -> None:
+    run = start({"P": [], "Q": []}, ["P", "Q"])
+    await_commit(run, "P", details_serialized_as("P", LIMIT // 2))
+    await_commit(run, "Q", details_serialized_as("Q", LIMIT // 2))
+    await_commit(run, "Q", details_serialized_as("Q", LIMIT // 2 + 1))
+    assert set(run.context["_awaitingDetails"]) == {"P", "Q"}
+    with pytest.raises(BadRequest):
+        await_commit(run, "Q", details_serialized_as("Q", LIMIT // 2 + 2))
+
+
+def test_a_completed_awaiting_node_frees_its_share_of_the_limit() -> None:
+    run = start({"P": [], "Q": []}, ["P", "Q"])
+    await_commit(run, "P", details_serialized_as("P", LIMIT))
+    commit(run, "P")
+    await_commit(run, "Q", details_serialized_as("Q", LIMIT))
+    assert set(run.context["_awaitingDetails"]) == {"Q"}

@@ -18,7 +18,10 @@ export const MAX_DELAY_MS = 43_200_000;
 export const MAX_BODY_BYTES = 4 * 1024 * 1024;
 export const MAX_BATCH_ENTRIES = 256;
 export const MAX_OPS = 100;
-/** The largest serialized JSON value (§8): a context value, a result output, an op value; larger → 400. */
+/**
+ * The largest serialized JSON value (§8): a context value, a result output, an op value, a resume
+ * output, a webhook body, and all awaiting nodes' details together (`_awaitingDetails`); larger → 400.
+ */
 export const MAX_VALUE_BYTES = 2_000_000;
 
 export type Resolution = {

@@ -709,4 +709,121 @@ describe("the size limit of one JSON value (§8)", () => {
     });
     assert.deepEqual([again.status, again.body.duplicate], [200, true]);
   });
+
+  /** A run whose node W awaits an external event. */
+  async function waiting() {
+    const id = await started({ W: {} }, ["W"]);
+    const reply = await commit(id, {
+      nodeId: "W",
+      gen: 0,
+      result: null,
+      awaiting: { reason: "external_event", details: {}, external: true },
+    });
+    assert.equal(reply.body.status, "awaiting");
+    return id;
+  }
+
+  test("a resume output of exactly the limit is accepted", async () => {
+    const id = await waiting();
+    const output = serializedAs(LIMIT);
+    const reply = await worker.post(`/v1/runs/${id}/resume`, { action: "go", output });
+    assert.equal(reply.status, 200, JSON.stringify(reply.body));
+    assert.equal((await view(id)).context["_resume.output"], output);
+  });
+
+  test("a resume output one byte over the limit is refused as output, changing nothing", async () => {
+    const id = await waiting();
+    const before = await view(id);
+    const reply = await worker.post(`/v1/runs/${id}/resume`, { action: "go", output: OVERSIZED });
+    assert.deepEqual([reply.status, reply.body.error.code, reply.body.error.field], [400, "bad_request", "output"]);
+    assert.deepEqual(await view(id), before);
+    const resumed = await worker.post(`/v1/runs/${id}/resume`, { action: "go" });
+    assert.deepEqual(resumed.body.resumed, [{ nodeId: "W", gen: 0 }]);
+  });
+
+  test("a resume that finds no target is a conflict before its output is measured", async () => {
+    const id = await waiting();
+    await worker.post(`/v1/runs/${id}/cancel`, {});
+    const reply = await worker.post(`/v1/runs/${id}/resume`, { action: "go", output: OVERSIZED });
+    assert.equal(reply.status, 409);
+  });
+
+  /**
+   * Details whose `_awaitingDetails` entry `{node: details}` alone is `bytes` long.
+   * @param {string} node
+   * @param {number} bytes
+   */
+  const detailsSerializedAs = (node, bytes) => {
+    const overhead = JSON.stringify({ [node]: { k: "" } }).length;
+    return { k: "x".repeat(bytes - overhead) };
+  };
+
+  /**
+   * Commit `node` (gen 0) as awaiting an external event with `details`, writing `w`.
+   * @param {string} id
+   * @param {string} node
+   * @param {Record<string, unknown>} details
+   */
+  const awaitWith = (id, node, details) =>
+    commit(id, {
+      nodeId: node,
+      gen: 0,
+      result: null,
+      writes: { w: node },
+      awaiting: { reason: "external_event", details, external: true },
+    });
+
+  test("awaiting details of exactly the limit are accepted", async () => {
+    const id = await started({ W: {} }, ["W"]);
+    const details = detailsSerializedAs("W", LIMIT);
+    const reply = await awaitWith(id, "W", details);
+    assert.equal(reply.status, 200, JSON.stringify(reply.body));
+    const stored = (await view(id)).context["_awaitingDetails"];
+    assert.deepEqual(stored, { W: details });
+    assert.equal(JSON.stringify(stored).length, LIMIT);
+  });
+
+  test("awaiting details one byte over the limit are refused as awaiting.details, changing nothing", async () => {
+    const id = await started({ W: {} }, ["W"]);
+    const before = await view(id);
+    const reply = await awaitWith(id, "W", detailsSerializedAs("W", LIMIT + 1));
+    assert.deepEqual(
+      [reply.status, reply.body.error.code, reply.body.error.field],
+      [400, "bad_request", "awaiting.details"],
+    );
+    assert.deepEqual(await view(id), before);
+  });
+
+  test("the limit applies to the details of every awaiting node together", async () => {
+    const id = await started({ P: {}, Q: {} }, ["P", "Q"]);
+    const half = LIMIT / 2;
+    assert.equal((await awaitWith(id, "P", detailsSerializedAs("P", half))).status, 200);
+    const before = await view(id);
+    // {P} and {Q} merge into {P,Q}: one byte less than the two apart (two braces, one comma).
+    const over = await awaitWith(id, "Q", detailsSerializedAs("Q", half + 2));
+    assert.deepEqual([over.status, over.body.error.field], [400, "awaiting.details"]);
+    assert.deepEqual(await view(id), before);
+    assert.equal((await awaitWith(id, "Q", detailsSerializedAs("Q", half + 1))).status, 200);
+    const run = await view(id);
+    assert.deepEqual(Object.keys(run.awaiting), ["P", "Q"]);
+    assert.equal(JSON.stringify(run.context["_awaitingDetails"]).length, LIMIT);
+  });
+
+  test("an awaiting node that commits again counts only its new details", async () => {
+    const id = await started({ P: {}, Q: {} }, ["P", "Q"]);
+    const half = LIMIT / 2;
+    await awaitWith(id, "P", detailsSerializedAs("P", half));
+    await awaitWith(id, "Q", detailsSerializedAs("Q", half));
+    assert.equal((await awaitWith(id, "Q", detailsSerializedAs("Q", half + 1))).status, 200);
+    const over = await awaitWith(id, "Q", detailsSerializedAs("Q", half + 2));
+    assert.deepEqual([over.status, over.body.error.field], [400, "awaiting.details"]);
+  });
+
+  test("a completed awaiting node frees its share of the limit", async () => {
+    const id = await started({ P: {}, Q: {} }, ["P", "Q"]);
+    await awaitWith(id, "P", detailsSerializedAs("P", LIMIT));
+    assert.equal((await commit(id, { nodeId: "P", gen: 0 })).status, 200);
+    assert.equal((await awaitWith(id, "Q", detailsSerializedAs("Q", LIMIT))).status, 200);
+    assert.deepEqual(Object.keys((await view(id)).context["_awaitingDetails"]), ["Q"]);
+  });
 });

@@ -113,3 +113,40 @@ describe("webhooks", () => {
     assert.equal((await deliver(id, "H", TOKEN)).status, 409);
   });
 });
+
+describe("the size limit of a webhook body (§8)", () => {
+  const LIMIT = 2_000_000;
+  /** A JSON string body whose text is `bytes` long (its two quotes included). */
+  const serializedAs = (/** @type {number} */ bytes) => JSON.stringify("x".repeat(bytes - 2));
+
+  test("a body of exactly the limit is accepted", async () => {
+    const id = await awaitingHook();
+    const body = serializedAs(LIMIT);
+    assert.equal((await deliver(id, "H", TOKEN, body)).status, 200);
+    const run = (await worker.get(`/v1/runs/${id}`)).body;
+    assert.equal(run.awaiting.H.resolution.output.length, LIMIT - 2);
+  });
+
+  test("a body one byte over the limit is refused as body, changing nothing", async () => {
+    const id = await awaitingHook();
+    const before = (await worker.get(`/v1/runs/${id}`)).body;
+    const reply = await deliver(id, "H", TOKEN, serializedAs(LIMIT + 1));
+    assert.deepEqual([reply.status, reply.body.error.code, reply.body.error.field], [400, "bad_request", "body"]);
+    assert.deepEqual((await worker.get(`/v1/runs/${id}`)).body, before);
+    assert.equal((await deliver(id, "H", TOKEN)).status, 200);
+  });
+
+  test("the size is measured as compact JSON, whatever whitespace the body was sent with", async () => {
+    const id = await awaitingHook();
+    const padded = ` ${serializedAs(LIMIT)}${" ".repeat(1000)}`;
+    assert.equal((await deliver(id, "H", TOKEN, padded)).status, 200);
+  });
+
+  test("a wrong token is 404 and a replay 409 before the body is measured", async () => {
+    const id = await awaitingHook();
+    const oversized = serializedAs(LIMIT + 1);
+    assert.equal((await deliver(id, "H", `${TOKEN}x`, oversized)).status, 404);
+    assert.equal((await deliver(id, "H", TOKEN)).status, 200);
+    assert.equal((await deliver(id, "H", TOKEN, oversized)).status, 409);
+  });
+});

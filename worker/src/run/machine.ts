@@ -5,7 +5,7 @@
  */
 
 import { BadRequest, Conflict, NotFound } from "../errors";
-import { type Json, quote, RawJson, utf8Length, type WireValue } from "../json";
+import { type Json, type JsonObject, quote, RawJson, utf8Length, type WireValue } from "../json";
 import {
   type AttemptsRequest,
   type AwaitingSpec,
@@ -35,10 +35,10 @@ function ref(node: string, gen: number): NodeRef {
 }
 
 /** Refuse a value over the §8 limit (a Durable Object SQLite row holds at most 2 MB), naming its JSON path. */
-function checkValueSize(value: Json, field: string): void {
+function checkValueSize(value: Json, field: string, what: string = field): void {
   const size = utf8Length(JSON.stringify(value));
   if (size > MAX_VALUE_BYTES) {
-    throw new BadRequest(`${field} is ${size} bytes once serialized, over the ${MAX_VALUE_BYTES}-byte limit`, field);
+    throw new BadRequest(`${what} is ${size} bytes once serialized, over the ${MAX_VALUE_BYTES}-byte limit`, field);
   }
 }
 
@@ -249,6 +249,21 @@ export class RunMachine {
       "_awaitingDetails",
       Object.fromEntries(waiting.map((record) => [record.node, record.awaiting?.spec.details ?? {}])),
     );
+  }
+
+  /**
+   * `_awaitingDetails` once `(node, gen)` awaits with `details`: every awaiting node's details, a
+   * later generation of a node winning. Its key order may differ from the stored one's, which
+   * leaves its size alone: this value is only measured.
+   */
+  private awaitingDetailsOnceAwaiting(node: string, gen: number, details: JsonObject): JsonObject {
+    const entries: [string, number, JsonObject][] = this.repo
+      .waitingRecords()
+      .filter((record) => record.node !== node || record.gen !== gen)
+      .map((record) => [record.node, record.gen, record.awaiting?.spec.details ?? {}]);
+    entries.push([node, gen, details]);
+    entries.sort(([, first], [, second]) => first - second);
+    return Object.fromEntries(entries.map(([key, , value]) => [key, value]));
   }
 
   private notifyParent(): void {
@@ -493,6 +508,13 @@ export class RunMachine {
     if (request.awaiting !== null && request.awaiting.result !== null) {
       checkValueSize(request.awaiting.result.output, "awaiting.result.output");
     }
+    if (request.awaiting !== null) {
+      checkValueSize(
+        this.awaitingDetailsOnceAwaiting(node, request.gen, request.awaiting.details),
+        "awaiting.details",
+        "_awaitingDetails (the details of every awaiting node together)",
+      );
+    }
   }
 
   private enterAwaiting(record: GenRecord, spec: AwaitingSpec): void {
@@ -595,6 +617,7 @@ export class RunMachine {
       const which = request.nodeId !== null ? `node ${quote(request.nodeId)}` : "a wait node";
       throw new Conflict(`run ${quote(this.meta.runId)} has no ${which} awaiting a resume`);
     }
+    checkValueSize(request.output, "output");
     this.repo.contextSet("_resume.action", request.action);
     if (request.hasOutput) {
       this.repo.contextSet("_resume.output", request.output);
@@ -622,6 +645,7 @@ export class RunMachine {
     if (this.finished) {
       throw new Conflict(`run is ${this.meta.status}`);
     }
+    checkValueSize(body, "body", "the webhook body");
     awaiting.resolution = { output: body, action: null };
     this.job(node, record.gen);
     this.settle();
