@@ -19,6 +19,7 @@ import { RunMachine } from "./machine";
 import { batches, BindingSender, type JobSender, RestSender } from "./outbox";
 import { RunRepo } from "./repo";
 import { createSchema, schemaExists } from "./schema";
+import { ensureSpillTable } from "./spill";
 
 /** KV metadata is limited to 1024 bytes of JSON. */
 const MAX_KV_METADATA_BYTES = 1024;
@@ -33,6 +34,8 @@ export class RunObject extends DurableObject<Env> {
   private readonly sending = new Set<number>();
   /** Status-record writes run one after another, so that an older record never overwrites a newer one. */
   private statusWrites: Promise<void> = Promise.resolve();
+  /** Whether this instance made sure the run's storage has the current layout (src/run/spill.ts). */
+  private layoutChecked = false;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -48,7 +51,7 @@ export class RunObject extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    if (!schemaExists(this.sql)) {
+    if (!this.openRun()) {
       return;
     }
     const config = settings(this.env);
@@ -100,7 +103,7 @@ export class RunObject extends DurableObject<Env> {
       }
       return [machine, machine.startReply(false)];
     }
-    const meta = schemaExists(this.sql) ? repo.findMeta() : null;
+    const meta = this.openRun() ? repo.findMeta() : null;
     if (meta === null) {
       throw new NotFound(call.op === "hook" ? "no such webhook" : `no run ${quote(runId)}`);
     }
@@ -127,6 +130,21 @@ export class RunObject extends DurableObject<Env> {
       case "hook":
         return [machine, machine.hook(call.delivery.nodeId, call.delivery.tokenHash, call.delivery.body)];
     }
+  }
+
+  /**
+   * Whether this object holds a run; the first time it does, add the `spill` table that runs
+   * stored by an earlier version lack (their inline texts are read as they are).
+   */
+  private openRun(): boolean {
+    if (!schemaExists(this.sql)) {
+      return false;
+    }
+    if (!this.layoutChecked) {
+      ensureSpillTable(this.sql);
+      this.layoutChecked = true;
+    }
+    return true;
   }
 
   // ---- delivery ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 import { type Json, RawJson } from "../json";
 import type { DynamicSpec, JoinMode, NodeRef, NodeState, ParentLink, Resolution, RunStatus } from "../protocol";
+import { INLINE_CHARS, SpillStore, SPILLED } from "./spill";
 import {
   type Awaiting,
   type CoordinationEntry,
@@ -43,16 +44,16 @@ type RecordColumns = {
   node: string;
   gen: number;
   state: string;
-  arrivals: string;
-  dynamic_preds: string;
+  arrivals: SqlStorageValue;
+  dynamic_preds: SqlStorageValue;
   attempts: number;
-  last_error: string | null;
+  last_error: SqlStorageValue;
   lease_token: string | null;
   lease_until_ms: number;
   not_before_ms: number;
-  result: string | null;
-  released: string | null;
-  awaiting: string | null;
+  result: SqlStorageValue;
+  released: SqlStorageValue;
+  awaiting: SqlStorageValue;
   hook_hash: string | null;
   pending: number;
   waiting: number;
@@ -94,46 +95,85 @@ function metaValues(meta: Meta): unknown[] {
   ];
 }
 
-function recordFromRow(row: RecordColumns): GenRecord {
+/** The record columns whose text may be long enough to be spilled (src/run/spill.ts). */
+const SPILL_COLUMNS = ["arrivals", "dynamic_preds", "last_error", "result", "released", "awaiting"] as const;
+type SpillColumn = (typeof SPILL_COLUMNS)[number];
+type SpillTexts = Record<SpillColumn, string | null>;
+
+function contextOwner(ord: number): string {
+  return `context/${ord}`;
+}
+
+/** Coordination values are owned by row id: a key may be far longer than a node id. */
+function coordinationOwner(id: number): string {
+  return `coordination/${id}`;
+}
+
+function recordOwner(column: SpillColumn, node: string, gen: number): string {
+  return `records/${column}/${gen}/${node}`;
+}
+
+function recordFromRow(row: RecordColumns, texts: SpillTexts): GenRecord {
   return {
     node: row.node,
     gen: row.gen,
     state: row.state as NodeState,
-    arrivals: new Map(parseText<[string, boolean][]>(row.arrivals)),
-    dynamicPreds: parseText<string[]>(row.dynamic_preds),
+    arrivals: new Map(parseText<[string, boolean][]>(texts.arrivals ?? "[]")),
+    dynamicPreds: parseText<string[]>(texts.dynamic_preds ?? "[]"),
     attempts: row.attempts,
-    lastError: row.last_error,
+    lastError: texts.last_error,
     leaseToken: row.lease_token,
     leaseUntilMs: row.lease_until_ms,
     notBeforeMs: row.not_before_ms,
-    result: parseNullable<Resolution>(row.result),
-    released: parseNullable<NodeRef[]>(row.released),
-    awaiting: parseNullable<Awaiting>(row.awaiting),
+    result: parseNullable<Resolution>(texts.result),
+    released: parseNullable<NodeRef[]>(texts.released),
+    awaiting: parseNullable<Awaiting>(texts.awaiting),
     hookHash: row.hook_hash,
     pending: row.pending === 1,
     waiting: row.waiting === 1,
   };
 }
 
-function recordValues(record: GenRecord): unknown[] {
+function recordTexts(record: GenRecord): SpillTexts {
+  return {
+    arrivals: JSON.stringify([...record.arrivals]),
+    dynamic_preds: JSON.stringify(record.dynamicPreds),
+    last_error: record.lastError,
+    result: record.result === null ? null : JSON.stringify(record.result),
+    released: record.released === null ? null : JSON.stringify(record.released),
+    awaiting: record.awaiting === null ? null : JSON.stringify(record.awaiting),
+  };
+}
+
+/** The columns other than the spill columns, which change on most calls and are always small. */
+function recordScalars(record: GenRecord): unknown[] {
   return [
-    record.node,
-    record.gen,
     record.state,
-    JSON.stringify([...record.arrivals]),
-    JSON.stringify(record.dynamicPreds),
     record.attempts,
-    record.lastError,
     record.leaseToken,
     record.leaseUntilMs,
     record.notBeforeMs,
-    record.result === null ? null : JSON.stringify(record.result),
-    record.released === null ? null : JSON.stringify(record.released),
-    record.awaiting === null ? null : JSON.stringify(record.awaiting),
     record.hookHash,
     record.pending ? 1 : 0,
     record.waiting ? 1 : 0,
   ];
+}
+
+/** A record as read or last written: its texts and what each spill column holds in its row. */
+interface CachedRecord {
+  value: GenRecord;
+  scalars: string;
+  texts: SpillTexts | null;
+  stored: Record<SpillColumn, SqlStorageValue> | null;
+}
+
+/** Whether a column must be written: its text changed, or it is a long text of the old layout. */
+function needsWrite(
+  stored: SqlStorageValue | undefined,
+  before: string | null | undefined,
+  after: string | null,
+): boolean {
+  return before !== after || (typeof stored === "string" && stored.length > INLINE_CHARS);
 }
 
 interface Cached<T> {
@@ -149,9 +189,12 @@ export class RunRepo {
   private metaCache: Cached<Meta> | null = null;
   private readonly topologyCache = new Map<string, TopologyRow | null>();
   private readonly dynamicCache = new Map<string, DynamicRow | null>();
-  private readonly records = new Map<string, Cached<GenRecord> | null>();
+  private readonly records = new Map<string, CachedRecord | null>();
+  private readonly spill: SpillStore;
 
-  constructor(private readonly sql: SqlStorage) {}
+  constructor(private readonly sql: SqlStorage) {
+    this.spill = new SpillStore(sql);
+  }
 
   // ---- meta ----------------------------------------------------------------------------
 
@@ -257,8 +300,15 @@ export class RunRepo {
       if (found === undefined) {
         cached = null;
       } else {
-        const value = recordFromRow(found);
-        cached = { value, snapshot: JSON.stringify(recordValues(value)) };
+        const stored = Object.fromEntries(SPILL_COLUMNS.map((column) => [column, found[column]])) as Record<
+          SpillColumn,
+          SqlStorageValue
+        >;
+        const texts = Object.fromEntries(
+          SPILL_COLUMNS.map((column) => [column, this.spill.load(recordOwner(column, node, gen), found[column])]),
+        ) as SpillTexts;
+        const value = recordFromRow(found, texts);
+        cached = { value, scalars: JSON.stringify(recordScalars(value)), texts, stored };
       }
       this.records.set(key, cached);
     }
@@ -272,11 +322,14 @@ export class RunRepo {
       return existing;
     }
     const created = newRecord(node, gen);
-    this.records.set(recordKey(node, gen), { value: created, snapshot: "" });
+    this.records.set(recordKey(node, gen), { value: created, scalars: "", texts: null, stored: null });
     return created;
   }
 
   deleteRecord(node: string, gen: number): void {
+    for (const column of SPILL_COLUMNS) {
+      this.spill.drop(recordOwner(column, node, gen), SPILLED);
+    }
     this.sql.exec("DELETE FROM records WHERE node = ? AND gen = ?", node, gen);
     this.records.set(recordKey(node, gen), null);
   }
@@ -308,9 +361,19 @@ export class RunRepo {
 
   // ---- context ---------------------------------------------------------------------------
 
+  /** A context key's place and whether its value is spilled; undefined for a missing key. */
+  private contextSlot(key: string): { ord: number; previous: SqlStorageValue } | undefined {
+    const row = this.sql
+      .exec<{ ord: number; kind: string }>("SELECT ord, typeof(value) AS kind FROM context WHERE key = ?", key)
+      .toArray()[0];
+    return row === undefined ? undefined : { ord: row.ord, previous: row.kind === "blob" ? SPILLED : null };
+  }
+
   contextGet(key: string): Json | undefined {
-    const row = this.sql.exec<{ value: string }>("SELECT value FROM context WHERE key = ?", key).toArray()[0];
-    return row === undefined ? undefined : parseText<Json>(row.value);
+    const row = this.sql
+      .exec<{ ord: number; value: SqlStorageValue }>("SELECT ord, value FROM context WHERE key = ?", key)
+      .toArray()[0];
+    return row === undefined ? undefined : parseText<Json>(this.spill.load(contextOwner(row.ord), row.value) ?? "null");
   }
 
   contextHas(key: string): boolean {
@@ -319,44 +382,76 @@ export class RunRepo {
 
   /** Set a key; a new key goes last, an existing one keeps its place (dict semantics). */
   contextSet(key: string, value: Json): void {
-    this.sql.exec(
-      `INSERT INTO context (key, ord, value) VALUES (?, (SELECT COALESCE(MAX(ord), 0) + 1 FROM context), ?)
-        ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
-      key,
-      JSON.stringify(value),
-    );
+    const text = JSON.stringify(value);
+    const slot = this.contextSlot(key);
+    if (slot !== undefined) {
+      const stored = this.spill.replace(contextOwner(slot.ord), slot.previous, text);
+      this.sql.exec("UPDATE context SET value = ? WHERE key = ?", stored, key);
+      return;
+    }
+    const ord = this.sql.exec<{ next: number }>("SELECT COALESCE(MAX(ord), 0) + 1 AS next FROM context").one().next;
+    const stored = this.spill.replace(contextOwner(ord), undefined, text);
+    this.sql.exec("INSERT INTO context (key, ord, value) VALUES (?, ?, ?)", key, ord, stored);
   }
 
   contextDelete(key: string): void {
-    this.sql.exec("DELETE FROM context WHERE key = ?", key);
+    const slot = this.contextSlot(key);
+    if (slot !== undefined) {
+      this.spill.drop(contextOwner(slot.ord), slot.previous);
+      this.sql.exec("DELETE FROM context WHERE key = ?", key);
+    }
   }
 
   /** The whole context as one JSON object, without parsing the stored values. */
   contextJson(): RawJson {
-    const rows = this.sql.exec<{ key: string; value: string }>("SELECT key, value FROM context ORDER BY ord").toArray();
-    return new RawJson(`{${rows.map((row) => `${JSON.stringify(row.key)}:${row.value}`).join(",")}}`);
+    const rows = this.sql
+      .exec<{ key: string; ord: number; value: SqlStorageValue }>("SELECT key, ord, value FROM context ORDER BY ord")
+      .toArray();
+    const members = rows.map(
+      (row) => `${JSON.stringify(row.key)}:${this.spill.load(contextOwner(row.ord), row.value) ?? "null"}`,
+    );
+    return new RawJson(`{${members.join(",")}}`);
   }
 
   // ---- coordination keys -----------------------------------------------------------------
 
-  coordinationGet(key: string): CoordinationEntry | undefined {
+  /** A coordination key's row id and whether its value is spilled; undefined for a missing key. */
+  private coordinationSlot(key: string): { id: number; previous: SqlStorageValue } | undefined {
     const row = this.sql
-      .exec<{ value: string; expires_at: number | null }>(
-        "SELECT value, expires_at FROM coordination WHERE key = ?",
+      .exec<{ id: number; kind: string }>(
+        "SELECT rowid AS id, typeof(value) AS kind FROM coordination WHERE key = ?",
         key,
       )
       .toArray()[0];
-    return row === undefined ? undefined : { valueText: row.value, expiresAtMs: row.expires_at };
+    return row === undefined ? undefined : { id: row.id, previous: row.kind === "blob" ? SPILLED : null };
+  }
+
+  coordinationGet(key: string): CoordinationEntry | undefined {
+    const row = this.sql
+      .exec<{ id: number; value: SqlStorageValue; expires_at: number | null }>(
+        "SELECT rowid AS id, value, expires_at FROM coordination WHERE key = ?",
+        key,
+      )
+      .toArray()[0];
+    if (row === undefined) {
+      return undefined;
+    }
+    return { valueText: this.spill.load(coordinationOwner(row.id), row.value) ?? "null", expiresAtMs: row.expires_at };
   }
 
   coordinationPut(key: string, value: Json, expiresAtMs: number | null): void {
-    this.sql.exec(
-      `INSERT INTO coordination (key, value, expires_at) VALUES (?, ?, ?)
-        ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
-      key,
-      JSON.stringify(value),
-      expiresAtMs,
-    );
+    const slot = this.coordinationSlot(key) ?? {
+      id: this.sql
+        .exec<{ id: number }>(
+          "INSERT INTO coordination (key, value, expires_at) VALUES (?, 'null', ?) RETURNING rowid AS id",
+          key,
+          expiresAtMs,
+        )
+        .one().id,
+      previous: null,
+    };
+    const stored = this.spill.replace(coordinationOwner(slot.id), slot.previous, JSON.stringify(value));
+    this.sql.exec("UPDATE coordination SET value = ?, expires_at = ? WHERE rowid = ?", stored, expiresAtMs, slot.id);
   }
 
   coordinationExpire(key: string, expiresAtMs: number | null): void {
@@ -365,11 +460,22 @@ export class RunRepo {
 
   /** Delete a key; true if it existed. */
   coordinationDelete(key: string): boolean {
-    return this.sql.exec("DELETE FROM coordination WHERE key = ? RETURNING key", key).toArray().length > 0;
+    const slot = this.coordinationSlot(key);
+    if (slot === undefined) {
+      return false;
+    }
+    this.spill.drop(coordinationOwner(slot.id), slot.previous);
+    this.sql.exec("DELETE FROM coordination WHERE rowid = ?", slot.id);
+    return true;
   }
 
   /** Drop every key whose TTL has passed. */
   sweepCoordination(nowMs: number): void {
+    this.sql.exec(
+      `DELETE FROM spill WHERE owner IN (SELECT 'coordination/' || rowid FROM coordination
+        WHERE expires_at IS NOT NULL AND expires_at <= ? AND typeof(value) = 'blob')`,
+      nowMs,
+    );
     this.sql.exec("DELETE FROM coordination WHERE expires_at IS NOT NULL AND expires_at <= ?", nowMs);
   }
 
@@ -420,21 +526,64 @@ export class RunRepo {
       }
     }
     for (const cached of this.records.values()) {
-      if (cached === null) {
-        continue;
-      }
-      const values = recordValues(cached.value);
-      const snapshot = JSON.stringify(values);
-      if (snapshot !== cached.snapshot) {
-        this.sql.exec(
-          `INSERT OR REPLACE INTO records (node, gen, state, arrivals, dynamic_preds, attempts, last_error,
-            lease_token, lease_until_ms, not_before_ms, result, released, awaiting, hook_hash, pending, waiting)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          ...values,
-        );
-        cached.snapshot = snapshot;
+      if (cached !== null) {
+        this.flushRecord(cached);
       }
     }
+  }
+
+  /** Write one cached record if it changed, spilling long texts and rewriting only changed ones. */
+  private flushRecord(cached: CachedRecord): void {
+    const record = cached.value;
+    const scalars = JSON.stringify(recordScalars(record));
+    const texts = recordTexts(record);
+    const changed = SPILL_COLUMNS.filter((column) =>
+      needsWrite(cached.stored?.[column], cached.texts?.[column], texts[column]),
+    );
+    if (scalars === cached.scalars && changed.length === 0) {
+      return;
+    }
+    const stored = {
+      ...(cached.stored ?? {
+        arrivals: null,
+        dynamic_preds: null,
+        last_error: null,
+        result: null,
+        released: null,
+        awaiting: null,
+      }),
+    };
+    for (const column of changed) {
+      stored[column] = this.spill.replace(
+        recordOwner(column, record.node, record.gen),
+        cached.stored?.[column],
+        texts[column],
+      );
+    }
+    this.sql.exec(
+      `INSERT OR REPLACE INTO records (node, gen, state, arrivals, dynamic_preds, attempts, last_error,
+        lease_token, lease_until_ms, not_before_ms, result, released, awaiting, hook_hash, pending, waiting)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      record.node,
+      record.gen,
+      record.state,
+      stored.arrivals,
+      stored.dynamic_preds,
+      record.attempts,
+      stored.last_error,
+      record.leaseToken,
+      record.leaseUntilMs,
+      record.notBeforeMs,
+      stored.result,
+      stored.released,
+      stored.awaiting,
+      record.hookHash,
+      record.pending ? 1 : 0,
+      record.waiting ? 1 : 0,
+    );
+    cached.scalars = scalars;
+    cached.texts = texts;
+    cached.stored = stored;
   }
 }
 

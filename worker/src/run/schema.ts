@@ -1,5 +1,7 @@
 /** The SQLite tables of one run's Durable Object. */
 
+import { SPILL_TABLE } from "./spill";
+
 const TABLES: readonly string[] = [
   `CREATE TABLE IF NOT EXISTS meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -74,6 +76,7 @@ const TABLES: readonly string[] = [
     body TEXT NOT NULL,
     delay_ms INTEGER NOT NULL
   )`,
+  SPILL_TABLE,
 ];
 
 export function createSchema(sql: SqlStorage): void {

@@ -17,6 +17,7 @@ const TABLES = new Set([
   "context",
   "coordination",
   "outbox",
+  "spill",
 ]);
 
 export class RunObjectProbe extends RunObject {
@@ -29,6 +30,41 @@ export class RunObjectProbe extends RunObject {
       return [];
     }
     return this.ctx.storage.sql.exec(`SELECT * FROM ${table}`).toArray();
+  }
+
+  /** The stored bytes of the largest row of each of the run's tables (every column's bytes summed). */
+  largestRows(): Record<string, number> {
+    const sql = this.ctx.storage.sql;
+    const tables = sql
+      .exec<{ name: string }>(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\'",
+      )
+      .toArray()
+      .map((row) => row.name);
+    const sizes: Record<string, number> = {};
+    for (const table of tables) {
+      const columns = sql
+        .exec<{ name: string }>("SELECT name FROM pragma_table_info(?)", table)
+        .toArray()
+        .map((row) => `COALESCE(LENGTH(CAST("${row.name}" AS BLOB)), 0)`);
+      const row = sql.exec<{ size: number | null }>(`SELECT MAX(${columns.join(" + ")}) AS size FROM "${table}"`).one();
+      sizes[table] = row.size ?? 0;
+    }
+    return sizes;
+  }
+
+  /**
+   * Put the run back in the layout of the version before the `spill` table (every text inline,
+   * no `spill` table), then reset the object so that the next call loads it afresh.
+   */
+  revertToInlineLayout(): void {
+    const sql = this.ctx.storage.sql;
+    const spilled = sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM spill").one().n;
+    if (spilled > 0) {
+      throw new Error("only a run without spilled texts can be reverted");
+    }
+    sql.exec("DROP TABLE spill");
+    this.ctx.abort("reverted to the inline layout");
   }
 
   /** Whether the object holds a run at all. */

@@ -1,0 +1,172 @@
+// @ts-check
+/**
+ * Row sizes in the run's SQLite storage: Cloudflare limits a row to 2 MB (workerd does not), so
+ * however many near-limit values (§8) one node gathers, no row may hold more than one of them.
+ */
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { Coordinator, runId, startBody, startCoordinator } from "./support/harness.mjs";
+
+/** §8: one JSON value, as compact UTF-8 JSON. */
+const MAX_VALUE_BYTES = 2_000_000;
+/** A row's columns other than its one value: keys, node ids, counters. */
+const ROW_OVERHEAD_BYTES = 4096;
+
+/** @type {Coordinator} */
+let worker;
+
+before(async () => {
+  worker = await startCoordinator();
+});
+
+after(() => worker.dispose());
+
+/**
+ * A string whose JSON text is just under the value limit. A leading `tag` shifts the four-byte
+ * characters so that a surrogate pair straddles every 500,000-unit boundary of a spilled text.
+ * @param {string} tag
+ */
+function nearLimit(tag) {
+  const text = `${tag}${"\u{1F600}".repeat(Math.floor((MAX_VALUE_BYTES - 1000) / 4))}`;
+  assert.ok(Buffer.byteLength(JSON.stringify({ d: text })) <= MAX_VALUE_BYTES);
+  return text;
+}
+
+/**
+ * @param {string} path
+ * @param {unknown} body
+ */
+async function ok(path, body) {
+  const reply = await worker.post(path, body);
+  assert.equal(reply.status, 200, JSON.stringify(reply.body)?.slice(0, 500));
+  return reply.body;
+}
+
+/** @param {string} id */
+async function largestRows(id) {
+  return /** @type {Record<string, number>} */ (await (await worker.probe(id)).largestRows());
+}
+
+describe("row sizes", () => {
+  test("no row exceeds one value's limit when a node gathers four near-limit values", async () => {
+    const id = runId("rows");
+    const [details, awaitingOutput, resumeOutput, resultOutput, keyValue] = ["a", "b", "c", "d", "e"].map(nearLimit);
+    await ok(`/v1/runs/${id}/start`, startBody({ A: { succs: ["B"] }, B: {} }, ["A"], { context: { big: keyValue } }));
+    await ok(`/v1/runs/${id}/claim`, { nodeId: "A", token: "t1", leaseMs: 60_000, blueprintVersion: null });
+    await ok(`/v1/runs/${id}/commit`, {
+      nodeId: "A",
+      gen: 0,
+      token: "t1",
+      awaiting: {
+        reason: "external_event",
+        details: { d: details },
+        external: true,
+        result: { output: awaitingOutput, action: null },
+      },
+    });
+    await ok(`/v1/runs/${id}/resume`, { output: resumeOutput, action: "go" });
+    const claimed = await ok(`/v1/runs/${id}/claim`, {
+      nodeId: "A",
+      token: "t2",
+      leaseMs: 60_000,
+      blueprintVersion: null,
+    });
+    assert.equal(claimed.state, "awaiting");
+    assert.deepEqual(claimed.awaiting.resolution, { output: resumeOutput, action: "go" });
+    assert.equal(claimed.awaiting.details.d, details);
+    await ok(`/v1/runs/${id}/commit`, {
+      nodeId: "A",
+      gen: 0,
+      token: "t2",
+      result: { output: resultOutput, action: null },
+      arrivals: ["B"],
+    });
+    await ok(`/v1/runs/${id}/ops`, { ops: [{ op: "setIfNotExist", key: "k", value: keyValue }] });
+
+    const sizes = await largestRows(id);
+    for (const [table, size] of Object.entries(sizes)) {
+      assert.ok(size <= MAX_VALUE_BYTES + ROW_OVERHEAD_BYTES, `a row of ${table} holds ${size} bytes`);
+    }
+    assert.ok((sizes["spill"] ?? 0) > 1_000_000, "the near-limit values are kept in spill rows");
+
+    const completed = await ok(`/v1/runs/${id}/claim`, {
+      nodeId: "A",
+      token: "t3",
+      leaseMs: 60_000,
+      blueprintVersion: null,
+    });
+    assert.equal(completed.state, "completed");
+    assert.deepEqual(completed.result, { output: resultOutput, action: null });
+    const ops = await ok(`/v1/runs/${id}/ops`, {
+      ops: [
+        { op: "get", key: "k" },
+        { op: "context.get", key: "big" },
+      ],
+    });
+    assert.deepEqual(ops.results, [keyValue, keyValue]);
+    const view = (await worker.get(`/v1/runs/${id}`)).body;
+    assert.equal(view.context["_resume.output"], resumeOutput);
+    assert.equal(view.nodes.A.state, "completed");
+  });
+
+  test("deleting keys and re-arming nodes leaves no spilled text behind", async () => {
+    const id = runId("rows");
+    const value = nearLimit("f");
+    await ok(`/v1/runs/${id}/start`, startBody({ A: { succs: ["A"], backPreds: ["A"] } }, ["A"]));
+    await ok(`/v1/runs/${id}/ops`, {
+      ops: [
+        { op: "setIfNotExist", key: "k", value },
+        { op: "context.set", key: "c", value },
+      ],
+    });
+    for (const gen of [0, 1, 2]) {
+      await ok(`/v1/runs/${id}/claim`, { nodeId: "A", gen, token: `t${gen}`, leaseMs: 60_000, blueprintVersion: null });
+      await ok(`/v1/runs/${id}/commit`, {
+        nodeId: "A",
+        gen,
+        token: `t${gen}`,
+        result: { output: value, action: null },
+        rearm: gen < 2 ? ["A"] : [],
+        arrivals: gen < 2 ? ["A"] : [],
+      });
+    }
+    await ok(`/v1/runs/${id}/ops`, {
+      ops: [
+        { op: "delete", key: "k" },
+        { op: "context.delete", key: "c" },
+      ],
+    });
+    const probe = await worker.probe(id);
+    const owners = new Set((await probe.rows("spill")).map((/** @type {any} */ row) => row.owner));
+    const records = (await probe.rows("records")).map((/** @type {any} */ row) => `${row.gen}/${row.node}`);
+    assert.deepEqual(records.sort(), ["1/A", "2/A"]);
+    assert.deepEqual([...owners].sort(), ["records/result/1/A", "records/result/2/A"]);
+  });
+
+  test("a run stored before the spill table is read as it is and takes near-limit values", async () => {
+    const id = runId("rows");
+    await ok(`/v1/runs/${id}/start`, startBody({ A: { succs: ["B"] }, B: {} }, ["A"], { context: { small: 1 } }));
+    await ok(`/v1/runs/${id}/claim`, { nodeId: "A", token: "t1", leaseMs: 60_000, blueprintVersion: null });
+    const before = (await worker.get(`/v1/runs/${id}`)).body;
+    await assert.rejects((await worker.probe(id)).revertToInlineLayout());
+    assert.deepEqual((await worker.get(`/v1/runs/${id}`)).body, before);
+    const output = nearLimit("g");
+    await ok(`/v1/runs/${id}/commit`, {
+      nodeId: "A",
+      gen: 0,
+      token: "t1",
+      result: { output, action: null },
+      arrivals: ["B"],
+    });
+    const claimed = await ok(`/v1/runs/${id}/claim`, {
+      nodeId: "A",
+      token: "t2",
+      leaseMs: 60_000,
+      blueprintVersion: null,
+    });
+    assert.deepEqual(claimed.result, { output, action: null });
+    const sizes = await largestRows(id);
+    assert.ok((sizes["records"] ?? 0) < 100_000, `a records row holds ${sizes["records"]} bytes`);
+  });
+});
