@@ -223,6 +223,7 @@ class RunService:
             clock_ms=clock_ms,
             retention_s=retention_s,
             status_interval_s=status_interval_s,
+            wire_copies=False,
         )
         self._secret = secret.encode() if secret is not None else None
         self._sweep_interval_s = sweep_interval_s
@@ -350,9 +351,11 @@ class RunService:
     async def _batch(self, body: bytes) -> Response:
         """Every entry in entry order. The Worker runs the entries of different runs
         concurrently; the emulator's store answers without waiting on anything but its own
-        job queue, so one after another gives the same answers without a task per run."""
+        job queue, so one after another gives the same answers without a task per run. The
+        entries share one SQLite transaction (each atomic on its own) and one outbox send."""
         entries = validate(_BatchRequest, _parse_json(body)).entries
-        results = [await self._entry(entry, index) for index, entry in enumerate(entries)]
+        async with self.store.grouped():
+            results = [await self._entry(entry, index) for index, entry in enumerate(entries)]
         return _json({"results": results})
 
     async def _entry(self, entry: _BatchEntry, index: int) -> dict[str, Any]:

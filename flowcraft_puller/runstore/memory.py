@@ -1,7 +1,9 @@
 """The in-memory run store: the state machine behind the protocol, for tests and MemoryStack.
 
 Requests and responses cross a JSON round trip, exactly as they would over HTTP, so nothing
-the daemon holds aliases the store's state and every value is checked to be JSON.
+the daemon holds aliases the store's state and every value is checked to be JSON. A store served
+over HTTP (the emulator's) turns that off with ``wire_copies=False``: its requests are freshly
+validated from JSON and its answers are encoded at once, so the round trip would only cost time.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ class MemoryRunStore:
         *,
         clock_ms: Callable[[], float] = lambda: time.time() * 1000,
         status_interval_s: float = 10.0,
+        wire_copies: bool = True,
     ) -> None:
         self.sender = sender
+        self.wire_copies = wire_copies
         self.runs: dict[str, RunState] = {}
         self.status_records: dict[str, dict[str, Any]] = {}
         self._clock_ms = clock_ms
@@ -69,6 +73,12 @@ class MemoryRunStore:
 
     def _now(self) -> int:
         return int(self._clock_ms())
+
+    def _wire(self, model: BaseModel, cls: type[M]) -> M:
+        """``model`` after a JSON round trip as ``cls`` (or as it is, without ``wire_copies``)."""
+        if not self.wire_copies and isinstance(model, cls):
+            return model
+        return _wire(model, cls)
 
     async def _after(self, run: RunState) -> None:
         """Deliver the run's outbox, write its status record, and wake status watchers."""
@@ -107,7 +117,7 @@ class MemoryRunStore:
         return require(self.runs.get(run_id), run_id)
 
     async def start(self, run_id: str, request: StartRequest) -> StartResponse:
-        request = _wire(request, StartRequest)
+        request = self._wire(request, StartRequest)
         existing = self.runs.get(run_id)
         if existing is not None:
             if not existing.same_start(request):
@@ -122,37 +132,37 @@ class MemoryRunStore:
 
     async def claim(self, run_id: str, request: ClaimRequest) -> ClaimResponse:
         run = self._run(run_id)
-        response = run.claim(_wire(request, ClaimRequest), self._now())
+        response = run.claim(self._wire(request, ClaimRequest), self._now())
         await self._after(run)
-        return _wire(response, ClaimResponse)
+        return self._wire(response, ClaimResponse)
 
     async def commit(self, run_id: str, request: CommitRequest) -> CommitResponse:
         run = self._run(run_id)
-        response = run.commit(_wire(request, CommitRequest), self._now())
+        response = run.commit(self._wire(request, CommitRequest), self._now())
         await self._after(run)
-        return _wire(response, CommitResponse)
+        return self._wire(response, CommitResponse)
 
     async def attempts(self, run_id: str, request: AttemptsRequest) -> StatusResponse:
         run = self._run(run_id)
-        response = run.attempts(_wire(request, AttemptsRequest), self._now())
+        response = run.attempts(self._wire(request, AttemptsRequest), self._now())
         await self._after(run)
         return response
 
     async def fail(self, run_id: str, request: FailRequest) -> StatusResponse:
         run = self._run(run_id)
-        response = run.fail(_wire(request, FailRequest), self._now())
+        response = run.fail(self._wire(request, FailRequest), self._now())
         await self._after(run)
         return response
 
     async def resume(self, run_id: str, request: ResumeRequest) -> ResumeResponse:
         run = self._run(run_id)
-        response = run.resume(_wire(request, ResumeRequest), self._now())
+        response = run.resume(self._wire(request, ResumeRequest), self._now())
         await self._after(run)
         return response
 
     async def cancel(self, run_id: str, request: CancelRequest) -> StatusResponse:
         run = self._run(run_id)
-        response = run.cancel(_wire(request, CancelRequest), self._now())
+        response = run.cancel(self._wire(request, CancelRequest), self._now())
         await self._after(run)
         return response
 
@@ -163,17 +173,19 @@ class MemoryRunStore:
         return response
 
     async def get(self, run_id: str) -> RunView:
-        return _wire(self._run(run_id).view(), RunView)
+        return self._wire(self._run(run_id).view(), RunView)
 
     async def ops(self, run_id: str, request: OpsRequest) -> OpsResponse:
         run = self._run(run_id)
-        response = run.ops(_wire(request, OpsRequest).ops, self._now())
+        response = run.ops(self._wire(request, OpsRequest).ops, self._now())
         await self._after(run)
-        return _wire(response, OpsResponse)
+        return self._wire(response, OpsResponse)
 
     async def hook(self, run_id: str, node_id: str, token: str, body: Any) -> HookResponse:
         run = self._run(run_id)
-        response = run.hook(node_id, token, orjson.loads(orjson.dumps(body)), self._now())
+        if self.wire_copies:
+            body = orjson.loads(orjson.dumps(body))
+        response = run.hook(node_id, token, body, self._now())
         await self._after(run)
         return response
 

@@ -1,12 +1,17 @@
 """Snapshots of a :class:`RunState` as JSON-ready data, and the state rebuilt from one.
 
 The SQLite run store persists one snapshot per run. A snapshot holds every attribute of the
-state machine, so ``restore(snapshot(run))`` behaves exactly like ``run``.
+state machine, so ``restore(snapshot(run))`` behaves exactly like ``run``. A
+:class:`SnapshotEncoder` writes snapshots as JSON and encodes each run's topology and start
+request once: they never change after ``start``, and they are most of a snapshot's cost.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final
+
+import orjson
 
 from flowcraft_puller.runstore.protocol import (
     AwaitingSpec,
@@ -119,9 +124,17 @@ def _read_record(data: dict[str, Any]) -> GenRecord:
     )
 
 
-def snapshot(run: RunState) -> dict[str, Any]:
-    """Everything ``run`` holds, as JSON-ready data (it shares values with ``run``: encode it
-    before the run changes again)."""
+def _topology(run: RunState) -> dict[str, Any]:
+    return {
+        node: spec.model_dump(mode="json", by_alias=True) for node, spec in run.topology.items()
+    }
+
+
+def _start_request(run: RunState) -> dict[str, Any]:
+    return run.start_request.model_dump(mode="json", by_alias=True)
+
+
+def _snapshot(run: RunState, topology: Any, start_request: Any) -> dict[str, Any]:
     return {
         "version": SNAPSHOT_VERSION,
         "runId": run.run_id,
@@ -131,9 +144,7 @@ def snapshot(run: RunState) -> dict[str, Any]:
         "status": run.status,
         "reason": run.reason,
         "context": run.context,
-        "topology": {
-            node: spec.model_dump(mode="json", by_alias=True) for node, spec in run.topology.items()
-        },
+        "topology": topology,
         "preds": run.preds,
         "gens": run.gens,
         "records": [[node, gen, _record(rec)] for (node, gen), rec in run.records.items()],
@@ -150,8 +161,50 @@ def snapshot(run: RunState) -> dict[str, Any]:
         "createdAtMs": run.created_at_ms,
         "updatedAtMs": run.updated_at_ms,
         "finishedAtMs": run.finished_at_ms,
-        "startRequest": run.start_request.model_dump(mode="json", by_alias=True),
+        "startRequest": start_request,
     }
+
+
+def snapshot(run: RunState) -> dict[str, Any]:
+    """Everything ``run`` holds, as JSON-ready data (it shares values with ``run``: encode it
+    before the run changes again)."""
+    return _snapshot(run, _topology(run), _start_request(run))
+
+
+@dataclass(frozen=True, slots=True)
+class _Fixed:
+    """A run's encoded topology and start request, and the request they were encoded from."""
+
+    request: StartRequest
+    topology: orjson.Fragment
+    start_request: orjson.Fragment
+
+
+class SnapshotEncoder:
+    """Encodes snapshots as JSON (the bytes of ``orjson.dumps(snapshot(run))``), encoding each
+    run's topology and start request only once.
+
+    Both are fixed at ``start`` (dynamic nodes live in ``RunState.dynamic``); the cache entry is
+    renewed whenever the run's ``start_request`` is another object (a run rebuilt by
+    :func:`restore`). Call :meth:`forget` when a run is deleted.
+    """
+
+    def __init__(self) -> None:
+        self._fixed: dict[str, _Fixed] = {}
+
+    def encode(self, run: RunState) -> bytes:
+        fixed = self._fixed.get(run.run_id)
+        if fixed is None or fixed.request is not run.start_request:
+            fixed = _Fixed(
+                request=run.start_request,
+                topology=orjson.Fragment(orjson.dumps(_topology(run))),
+                start_request=orjson.Fragment(orjson.dumps(_start_request(run))),
+            )
+            self._fixed[run.run_id] = fixed
+        return orjson.dumps(_snapshot(run, fixed.topology, fixed.start_request))
+
+    def forget(self, run_id: str) -> None:
+        self._fixed.pop(run_id, None)
 
 
 def restore(data: dict[str, Any]) -> RunState:

@@ -6,6 +6,10 @@ snapshot, the outbox rows the change produced and the status record in one trans
 that transaction committed, the rows are sent to the job queue and deleted; rows whose send
 failed stay and are re-sent by the sweeper, which also expires coordination keys and status
 records and deletes finished runs after the retention period.
+
+Inside :meth:`SqliteRunStore.grouped` (the emulator's ``/v1/batch``) the calls share one
+transaction, each in a savepoint of its own, and their outbox rows are sent once it committed:
+one commit and one send per batch instead of two commits and a send per call.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -46,7 +50,7 @@ from flowcraft_puller.runstore.protocol import (
     StartResponse,
     StatusResponse,
 )
-from flowcraft_puller.runstore.snapshot import restore, snapshot
+from flowcraft_puller.runstore.snapshot import SnapshotEncoder, restore
 from flowcraft_puller.runstore.state import OutboxJob, RunState
 
 log = structlog.get_logger(__name__)
@@ -102,6 +106,15 @@ class _OutboxRow:
         return OutgoingMessage(orjson.loads(self.body), max(0, remaining))
 
 
+@dataclass(slots=True)
+class _Group:
+    """A :meth:`SqliteRunStore.grouped` transaction: the outbox rows its calls wrote (sent once
+    it committed) and the runs they changed."""
+
+    rows: list[_OutboxRow] = field(default_factory=list)
+    runs: set[str] = field(default_factory=set)
+
+
 def _chunks(rows: list[_OutboxRow]) -> Iterator[list[_OutboxRow]]:
     """Rows in ``send_batch`` calls of at most 100 messages and 256 KB (Cloudflare's limits)."""
     chunk: list[_OutboxRow] = []
@@ -128,12 +141,21 @@ class SqliteRunStore(MemoryRunStore):
         status_interval_s: float = 10.0,
         retention_s: float = RETENTION_SECONDS,
         status_ttl_s: int = STATUS_TTL_SECONDS,
+        wire_copies: bool = True,
     ) -> None:
-        super().__init__(sender, clock_ms=clock_ms, status_interval_s=status_interval_s)
+        super().__init__(
+            sender,
+            clock_ms=clock_ms,
+            status_interval_s=status_interval_s,
+            wire_copies=wire_copies,
+        )
         self._sender = sender
         self._retention_ms = int(retention_s * 1000)
         self._status_ttl_s = status_ttl_s
         self._sending: set[int] = set()
+        self._encoder = SnapshotEncoder()
+        self._group: _Group | None = None
+        """The open :meth:`grouped` transaction, if any."""
         # Built by one thread, then used only by the event loop's thread (never both at once).
         self._db = sqlite3.connect(
             ":memory:" if path is None else path, isolation_level=None, check_same_thread=False
@@ -152,6 +174,17 @@ class SqliteRunStore(MemoryRunStore):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A transaction, or a savepoint within the open :meth:`grouped` one."""
+        if self._group is not None:
+            self._db.execute("SAVEPOINT call")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK TO call")
+                self._db.execute("RELEASE call")
+                raise
+            self._db.execute("RELEASE call")
+            return
         self._db.execute("BEGIN")
         try:
             yield self._db
@@ -160,11 +193,45 @@ class SqliteRunStore(MemoryRunStore):
             raise
         self._db.execute("COMMIT")
 
+    @asynccontextmanager
+    async def grouped(self) -> AsyncIterator[None]:
+        """Run the calls made inside in one transaction (each still atomic on its own) and send
+        their outbox rows once it committed. If the transaction cannot begin, each call commits
+        on its own; if it cannot commit, the runs it touched are reloaded and the error raised."""
+        if self._group is not None:
+            yield
+            return
+        try:
+            self._db.execute("BEGIN")
+        except sqlite3.Error:
+            began = False
+        else:
+            began = True
+        if not began:
+            yield
+            return
+        group = self._group = _Group()
+        try:
+            yield
+        finally:
+            self._group = None
+            self._sending.difference_update(row.id for row in group.rows)
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                for run_id in group.runs:
+                    self._reload(run_id)
+                raise
+        if group.rows:
+            await self._deliver(group.rows)
+
     def _persist(
         self, run: RunState, jobs: list[OutboxJob], record: dict[str, Any] | None, now: int
     ) -> list[_OutboxRow]:
         """Write the run's snapshot, its new outbox rows and its status record atomically."""
-        data = orjson.dumps(snapshot(run))
+        data = self._encoder.encode(run)
         rows = []
         with self._transaction() as db:
             db.execute(
@@ -226,7 +293,11 @@ class SqliteRunStore(MemoryRunStore):
         rows = self._persist(run, jobs, record, now)
         if record is not None:
             self._status_written_at(run, now)
-        if rows:
+        if self._group is not None:
+            self._group.rows.extend(rows)
+            self._group.runs.add(run.run_id)
+            self._sending.update(row.id for row in rows)
+        elif rows:
             await self._deliver(rows)
 
     async def _deliver(self, rows: list[_OutboxRow]) -> int:
@@ -376,6 +447,7 @@ class SqliteRunStore(MemoryRunStore):
         for run_id in ids:
             self.runs.pop(run_id, None)
             self._status_written.pop(run_id, None)
+            self._encoder.forget(run_id)
         return len(ids)
 
     async def sweep(self) -> None:

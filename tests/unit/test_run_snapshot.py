@@ -20,6 +20,7 @@ from flowcraft_puller.runstore.protocol import (
 )
 from flowcraft_puller.runstore.snapshot import (
     RUN_ATTRIBUTES,
+    SnapshotEncoder,
     SnapshotError,
     restore,
     snapshot,
@@ -124,3 +125,33 @@ def test_a_snapshot_of_another_version_is_refused() -> None:
     data["version"] = 99
     with pytest.raises(SnapshotError, match="version 99"):
         restore(data)
+
+
+def test_the_encoder_writes_the_same_json_as_the_snapshot() -> None:
+    run = busy_run()
+    encoder = SnapshotEncoder()
+    assert encoder.encode(run) == orjson.dumps(snapshot(run))
+    assert orjson.loads(encoder.encode(run)) == orjson.loads(orjson.dumps(snapshot(run)))
+
+
+def test_the_encoder_follows_the_run_as_it_changes() -> None:
+    run = busy_run()
+    encoder = SnapshotEncoder()
+    encoder.encode(run)
+    run.take_outbox()
+    run.commit(
+        CommitRequest(node_id="d0", gen=0, token="t", result=Resolution(output=4), arrivals=["G"]),
+        T0 + 10,
+    )
+    assert encoder.encode(run) == orjson.dumps(snapshot(run))
+
+
+def test_the_encoder_encodes_a_restored_run_afresh() -> None:
+    encoder = SnapshotEncoder()
+    run = busy_run()
+    encoder.encode(run)
+    other = restore(orjson.loads(orjson.dumps(snapshot(run))))
+    other.start_request = other.start_request.model_copy(update={"blueprint_version": "8"})
+    assert orjson.loads(encoder.encode(other))["startRequest"]["blueprintVersion"] == "8"
+    encoder.forget(run.run_id)
+    assert encoder.encode(run) == orjson.dumps(snapshot(run))

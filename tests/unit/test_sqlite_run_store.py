@@ -238,3 +238,61 @@ async def test_a_refused_call_leaves_no_trace(tmp_path: Path) -> None:
     assert await store.get("r1") == before
     assert set(store.runs["r1"].coordination) == {"s"}
     store.close()
+
+
+@pytest.mark.anyio
+async def test_grouped_calls_send_their_jobs_once_the_group_committed(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    sender = Sender()
+    store = SqliteRunStore(path, sender)
+    for run_id in ("r1", "r2"):
+        await store.start(run_id, start_request({"A": ["B"], "B": []}, ["A"]))
+    sender.batches.clear()
+    async with store.grouped():
+        for run_id in ("r1", "r2"):
+            await store.claim(run_id, claim("A"))
+            await store.commit(run_id, done("A", arrivals=["B"]))
+        assert sender.batches == []
+    assert sender.batches == [
+        [OutgoingMessage(job("r1", "B"), 0), OutgoingMessage(job("r2", "B"), 0)]
+    ]
+    assert await store.resend_outbox() == 0
+    store.close()
+    reopened = SqliteRunStore(path, Sender())
+    nodes = (await reopened.get("r2")).nodes
+    assert {node: view.state for node, view in nodes.items()} == {"A": "completed", "B": "released"}
+    reopened.close()
+
+
+@pytest.mark.anyio
+async def test_a_refused_call_in_a_group_leaves_the_others_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    store = SqliteRunStore(path, Sender())
+    await store.start("r1", start_request({"A": []}, ["A"]))
+    await store.ops("r1", OpsRequest(ops=[Op(op="setIfNotExist", key="s", value="text")]))
+    refused = [Op(op="context.set", key="half", value=1), Op(op="increment", key="s")]
+    async with store.grouped():
+        await store.ops("r1", OpsRequest(ops=[Op(op="increment", key="n")]))
+        with pytest.raises(BadRequest):
+            await store.ops("r1", OpsRequest(ops=refused))
+        await store.ops("r1", OpsRequest(ops=[Op(op="increment", key="n")]))
+    expected = await store.get("r1")
+    assert "half" not in expected.context
+    store.close()
+    reopened = SqliteRunStore(path, Sender())
+    assert await reopened.get("r1") == expected
+    assert (await reopened.ops("r1", OpsRequest(ops=[Op(op="get", key="n")]))).results == [2]
+    reopened.close()
+
+
+@pytest.mark.anyio
+async def test_a_store_without_wire_copies_answers_like_one_with_them() -> None:
+    answers = []
+    for copies in (True, False):
+        store = SqliteRunStore(None, Sender(), clock_ms=Clock(), wire_copies=copies)
+        await store.start("r1", start_request({"A": ["B"], "B": []}, ["A"]))
+        claimed = await store.claim("r1", claim("A"))
+        committed = await store.commit("r1", done("A", arrivals=["B"], writes={"x": [1]}))
+        answers.append((claimed, committed, await store.get("r1")))
+        store.close()
+    assert answers[0] == answers[1]
