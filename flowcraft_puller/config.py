@@ -76,7 +76,7 @@ class CoordinatorConfig(_Section):
     secret_file: Path | None = None
     request_timeout: Duration = 10.0
     batch_linger: Duration = 0.002
-    batch_max_entries: int = Field(default=128, ge=1, le=256)
+    batch_max_entries: int = Field(default=64, ge=1, le=256)
 
 
 class QueueConfig(_Section):
@@ -97,7 +97,7 @@ class QueueConfig(_Section):
 
 
 class DaemonConfig(_Section):
-    concurrency: int = Field(default=128, ge=1, le=10_000)
+    concurrency: int = Field(default=256, ge=1, le=10_000)
     drain_timeout: Duration = 25.0
     idle_backoff_min: Duration = 0.05
     idle_backoff_max: Duration = 1.0

@@ -107,7 +107,7 @@ class QueueBinding:
 
 @dataclass(slots=True)
 class SupervisorSettings:
-    concurrency: int = 64
+    concurrency: int = 256
     drain_timeout_s: float = 25.0
     idle_backoff_min_s: float = 0.05
     idle_backoff_max_s: float = 1.0

@@ -81,7 +81,7 @@ class BatchingRunStore:
         inner: HttpRunStore,
         *,
         linger_ms: float = 2.0,
-        max_entries: int = 128,
+        max_entries: int = 64,
         max_in_flight: int = 4,
         direct_when_idle: bool = True,
     ) -> None:
