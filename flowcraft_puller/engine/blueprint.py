@@ -26,6 +26,8 @@ JoinStrategy = Literal["all", "any"]
 BUILTIN_USES = frozenset(
     {"wait", "sleep", "webhook", "subflow", "batch-scatter", "batch-gather", "loop-controller"}
 )
+MAX_ID_CHARS = 512
+"""The longest blueprint id, version or node id a run store accepts (docs/protocol.md §8)."""
 
 
 class _Frozen(BaseModel):
@@ -67,7 +69,7 @@ class NodeConfig(_Frozen):
 class NodeDef(_Frozen):
     """One node of a blueprint."""
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     uses: str = Field(min_length=1)
     params: Mapping[str, Any] = Field(default_factory=dict)
     inputs: str | Mapping[str, str] | None = None
@@ -232,6 +234,10 @@ def _validate_items(
     return valid
 
 
+def _too_long(text: str) -> str:
+    return f"must have at most {MAX_ID_CHARS} characters (the run store's limit), not {len(text)}"
+
+
 def load_blueprint(data: object) -> Blueprint:
     """Validate flowcraft blueprint JSON (already decoded) into a :class:`Blueprint`.
 
@@ -246,6 +252,8 @@ def load_blueprint(data: object) -> Blueprint:
     issues: list[BlueprintIssue] = []
     if not (isinstance(raw_id, str) and raw_id):
         issues.append(BlueprintIssue(blueprint_id, "id", "must be a non-empty string"))
+    elif len(raw_id) > MAX_ID_CHARS:
+        issues.append(BlueprintIssue(blueprint_id, "id", _too_long(raw_id)))
     raw_nodes = _items(data.get("nodes"), "nodes", blueprint_id, issues)
     if not raw_nodes and isinstance(data.get("nodes"), (list, Mapping, type(None))):
         issues.append(BlueprintIssue(blueprint_id, "nodes", "must contain at least one node"))
@@ -261,6 +269,10 @@ def load_blueprint(data: object) -> Blueprint:
     blueprint = Blueprint(
         id=blueprint_id, nodes=tuple(nodes), edges=tuple(edges), metadata=metadata or {}
     )
+    if blueprint.version is not None and len(blueprint.version) > MAX_ID_CHARS:
+        issues.append(
+            BlueprintIssue(blueprint_id, "metadata.version", _too_long(blueprint.version))
+        )
     declared = {
         n["id"] for n in raw_nodes if isinstance(n, Mapping) and isinstance(n.get("id"), str)
     }

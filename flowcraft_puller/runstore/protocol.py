@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled"]
@@ -18,10 +18,32 @@ SETTLED_STATUSES: Final = frozenset({*TERMINAL_STATUSES, "awaiting"})
 """Statuses a run stays in until someone acts (or forever): nothing more happens on its own."""
 RUN_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_LEASE_MS: Final = 43_200_000
+MAX_NODE_ID_CHARS: Final = 512
+MAX_NAME_CHARS: Final = 512
+"""A blueprint id or version, and a batch worker's ``uses`` (protocol §8)."""
+MAX_KEY_CHARS: Final = 1024
+"""A context key, a coordination key and a batch worker's ``inputs`` key: room for the keys the
+engine derives from a node id of the longest length, ``_batch.<scatter>_<batch>_item_<i>``."""
+MAX_TEXT_CHARS: Final = 4096
+"""A routing ``action``; failure reasons and attempt errors longer than this are truncated."""
+MAX_TOPOLOGY_NODES: Final = 10_000
+"""Nodes in a topology, and node ids in each of its lists (``succs``, ``backPreds``, starts)."""
+
+
+def clip_text(text: str) -> str:
+    """``text`` cut to :data:`MAX_TEXT_CHARS` characters: a failure's reason or error message
+    comes from user code, and refusing it would make the failure path itself fail."""
+    return text[:MAX_TEXT_CHARS]
+
 
 RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
-NodeId = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+NodeId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NODE_ID_CHARS)]
+NodeIds = Annotated[list[NodeId], Field(max_length=MAX_TOPOLOGY_NODES)]
 Gen = Annotated[int, Field(ge=0)]
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
+ContextKey = Annotated[str, StringConstraints(max_length=MAX_KEY_CHARS)]
+Action = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+Text = Annotated[str, AfterValidator(clip_text)]
 
 
 class Wire(BaseModel):
@@ -51,30 +73,30 @@ class Resolution(Wire):
     """A node result as stored: ``output`` (any JSON) and the routing ``action``."""
 
     output: Any = None
-    action: str | None = None
+    action: Action | None = None
 
 
 class TopologyNode(Wire):
-    succs: list[NodeId] = Field(default_factory=list)
+    succs: NodeIds = Field(default_factory=list)
     join: Literal["all", "any"] = "all"
-    back_preds: list[NodeId] = Field(default_factory=list)
+    back_preds: NodeIds = Field(default_factory=list)
 
 
 class ParentLink(Wire):
     """The parent node of a subflow's child run: notified when the child settles."""
 
     run_id: RunId
-    blueprint_id: str
+    blueprint_id: Name
     node_id: NodeId
     gen: Gen
 
 
 class StartRequest(Wire):
-    blueprint_id: Annotated[str, StringConstraints(min_length=1)]
-    blueprint_version: str | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
-    topology: dict[NodeId, TopologyNode]
-    start_nodes: list[NodeId]
+    blueprint_id: Annotated[Name, StringConstraints(min_length=1)]
+    blueprint_version: Name | None = None
+    context: dict[ContextKey, Any] = Field(default_factory=dict)
+    topology: Annotated[dict[NodeId, TopologyNode], Field(max_length=MAX_TOPOLOGY_NODES)]
+    start_nodes: NodeIds
     parent: ParentLink | None = None
 
 
@@ -94,7 +116,7 @@ class ClaimRequest(Wire):
     gen: Gen | None = None
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     lease_ms: Annotated[int, Field(ge=1, le=MAX_LEASE_MS)]
-    blueprint_version: str | None = None
+    blueprint_version: Name | None = None
 
 
 class AwaitingView(Reply):
@@ -122,8 +144,8 @@ class ClaimResponse(Reply):
 
 class DynamicSpec(Wire):
     node_id: NodeId
-    uses: str
-    inputs: str
+    uses: Name
+    inputs: ContextKey
     gather: NodeId
 
 
@@ -141,8 +163,8 @@ class CommitRequest(Wire):
     gen: Gen
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     result: Resolution | None = None
-    writes: dict[str, Any] = Field(default_factory=dict)
-    deletes: list[str] = Field(default_factory=list)
+    writes: dict[ContextKey, Any] = Field(default_factory=dict)
+    deletes: list[ContextKey] = Field(default_factory=list)
     arrivals: list[NodeId] = Field(default_factory=list)
     skips: list[NodeId] = Field(default_factory=list)
     rearm: list[NodeId] = Field(default_factory=list)
@@ -162,7 +184,7 @@ class AttemptsRequest(Wire):
     gen: Gen
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     attempts: Annotated[int, Field(ge=0)]
-    error: str | None = None
+    error: Text | None = None
     release: bool = False
     retry_after_ms: Annotated[int, Field(ge=0)] | None = None
 
@@ -173,13 +195,13 @@ class StatusResponse(Reply):
 
 
 class FailRequest(Wire):
-    reason: Annotated[str, StringConstraints(min_length=1)]
+    reason: Annotated[Text, StringConstraints(min_length=1)]
     node_id: NodeId | None = None
     gen: Gen | None = None
 
 
 class ResumeRequest(Wire):
-    action: str | None = None
+    action: Action | None = None
     output: Any = None
     node_id: NodeId | None = None
 
@@ -190,7 +212,7 @@ class ResumeResponse(Reply):
 
 
 class CancelRequest(Wire):
-    reason: str | None = None
+    reason: Text | None = None
 
 
 class ReconcileResponse(Reply):
@@ -243,7 +265,7 @@ CoordinationOp = Literal[
 
 class Op(Wire):
     op: CoordinationOp
-    key: str | None = None
+    key: ContextKey | None = None
     value: Any = None
     ttl_seconds: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
 

@@ -8,7 +8,9 @@ records (timers, hooks); attempts with retry delays; resumes; webhook deliveries
 forged tokens; fail, cancel, reconcile, coordination ops (failing ones included), gets and
 repeated starts — a few of them through ``POST /v1/batch``, and a few carrying a value over the
 2,000,000-byte limit (a context, write, result, op value, resume output or webhook body; or
-awaiting details, alone or only together with another awaiting node's). Every call goes to the
+awaiting details, alone or only together with another awaiting node's), or a name, key or
+action one character over its length limit, or a failure text over its limit (truncated).
+Every call goes to the
 Worker under workerd over HTTP and to the reference
 :class:`~flowcraft_puller.runstore.memory.MemoryRunStore` (``RunState``) in this process; after
 each call both must agree on the HTTP status, the response, the run view and the jobs sent.
@@ -59,6 +61,9 @@ from flowcraft_puller.emulator.runs import validate
 from flowcraft_puller.queue.protocol import OutgoingMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
 from flowcraft_puller.runstore.protocol import (
+    MAX_KEY_CHARS,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
     TERMINAL_STATUSES,
     AttemptsRequest,
     CancelRequest,
@@ -118,6 +123,20 @@ class HalfLimitText(str):
 
 
 HALF_LIMIT: Final = HalfLimitText("x" * 1_000_000)
+
+
+class OverLimitText(str):
+    """A name, key or text one character over its length limit (protocol §8); short in reports."""
+
+    def __repr__(self) -> str:
+        return f"TEXT[{len(self)}]"
+
+
+LONG_NAME: Final = OverLimitText("n" * (MAX_NAME_CHARS + 1))
+LONG_KEY: Final = "k" * (MAX_KEY_CHARS + 1)
+"""A plain string: orjson refuses a subclass of ``str`` as an object key."""
+LONG_TEXT: Final = OverLimitText("e" * (MAX_TEXT_CHARS + 1))
+"""Refused as an action; truncated as a failure reason or an attempts error."""
 
 
 # ---- calls ---------------------------------------------------------------------------------
@@ -223,7 +242,13 @@ PAYLOADS: Final = one_in(25).flatmap(lambda big: st.just(OVERSIZED) if big else 
 """Stored values: JSON, and once in a while one over the stored-value limit."""
 WAKING_PAYLOADS: Final = one_in(4).flatmap(lambda big: st.just(OVERSIZED) if big else JSON_VALUES)
 """Resume outputs and webhook bodies: drawn more rarely than other values, so more often large."""
-ACTIONS: Final = st.sampled_from([None, "go", "again"])
+ACTIONS: Final = one_in(30).flatmap(
+    lambda long: st.just(LONG_TEXT) if long else st.sampled_from([None, "go", "again"])
+)
+CONTEXT_KEY_DRAWS: Final = one_in(40).flatmap(
+    lambda long: st.just(LONG_KEY) if long else st.sampled_from(CONTEXT_KEYS)
+)
+"""Context keys, now and then one over the key limit."""
 
 
 LARGE_DETAIL: Final = st.sampled_from([OVERSIZED, HALF_LIMIT, HALF_LIMIT])
@@ -294,9 +319,9 @@ def start_calls(draw: st.DrawFn) -> Call:
         else draw(st.lists(st.sampled_from(nodes), min_size=1, max_size=2, unique=True))
     )
     body = {
-        "blueprintId": "bp",
+        "blueprintId": LONG_NAME if draw(one_in(40)) else "bp",
         "blueprintVersion": draw(st.sampled_from([None, "v1"])),
-        "context": draw(st.dictionaries(st.sampled_from(CONTEXT_KEYS), PAYLOADS, max_size=2)),
+        "context": draw(st.dictionaries(CONTEXT_KEY_DRAWS, PAYLOADS, max_size=2)),
         "topology": topology,
         "startNodes": starts,
     }
@@ -332,8 +357,8 @@ def dynamic_specs(draw: st.DrawFn, shape: RunShape) -> dict[str, Any]:
     node = draw(st.sampled_from(shape.topology if clash else DYNAMIC_IDS))
     return {
         "nodeId": node,
-        "uses": draw(st.sampled_from(["map", "echo"])),
-        "inputs": draw(st.sampled_from(["items", "rows"])),
+        "uses": draw(st.sampled_from(["map", "echo", "map", "echo", LONG_NAME])),
+        "inputs": draw(st.sampled_from(["items", "rows", "items", "rows", LONG_KEY])),
         "gather": draw(sometimes_unknown(shape.topology)),
     }
 
@@ -355,8 +380,8 @@ def commit_calls(draw: st.DrawFn, shape: RunShape, awaiting: bool) -> Call:
         "nodeId": node,
         "gen": gen,
         "token": "a",
-        "writes": draw(st.dictionaries(st.sampled_from(CONTEXT_KEYS), PAYLOADS, max_size=2)),
-        "deletes": draw(st.lists(st.sampled_from(CONTEXT_KEYS), max_size=1)),
+        "writes": draw(st.dictionaries(CONTEXT_KEY_DRAWS, PAYLOADS, max_size=2)),
+        "deletes": draw(st.lists(CONTEXT_KEY_DRAWS, max_size=1)),
         "arrivals": arrivals,
         "skips": skips,
     }
@@ -393,7 +418,7 @@ def attempts_calls(draw: st.DrawFn, shape: RunShape) -> Call:
         "gen": gen,
         "token": draw(st.sampled_from(["a", "b"])),
         "attempts": draw(st.integers(0, 3)),
-        "error": draw(st.sampled_from(["boom", None])),
+        "error": draw(st.sampled_from(["boom", None, LONG_TEXT])),
         "release": draw(st.booleans()),
         "retryAfterMs": draw(st.sampled_from(RETRY_DELAYS_MS)),
     }
@@ -402,7 +427,7 @@ def attempts_calls(draw: st.DrawFn, shape: RunShape) -> Call:
 
 @st.composite
 def fail_calls(draw: st.DrawFn, shape: RunShape) -> Call:
-    body: dict[str, Any] = {"reason": "node failed"}
+    body: dict[str, Any] = {"reason": draw(st.sampled_from(["node failed", LONG_TEXT]))}
     if draw(st.booleans()):
         node, gen = draw(targets(shape))
         body |= {"nodeId": node, "gen": gen}
@@ -452,8 +477,14 @@ def ops_calls(draw: st.DrawFn, shape: RunShape) -> Call:
             "context.toJSON",
         ]
     )
-    keys = one_in(15).flatmap(
-        lambda missing: st.none() if missing else st.sampled_from(COORDINATION_KEYS)
+    keys = st.integers(0, 29).flatmap(
+        lambda drawn: (
+            st.none()
+            if drawn < 2
+            else st.just(LONG_KEY)
+            if drawn == 2
+            else st.sampled_from(COORDINATION_KEYS)
+        )
     )
     op = st.fixed_dictionaries(
         {
@@ -467,7 +498,7 @@ def ops_calls(draw: st.DrawFn, shape: RunShape) -> Call:
 
 
 def cancel_calls(shape: RunShape) -> st.SearchStrategy[Call]:
-    reasons = st.fixed_dictionaries({"reason": st.sampled_from([None, "stop"])})
+    reasons = st.fixed_dictionaries({"reason": st.sampled_from([None, "stop", LONG_TEXT])})
     return st.builds(Call, st.just("cancel"), reasons)
 
 

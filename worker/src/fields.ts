@@ -2,7 +2,7 @@
 
 import { BadRequest } from "./errors";
 import { isJsonObject, type Json, type JsonObject } from "./json";
-import { MAX_NODE_ID_CHARS, RUN_ID_PATTERN } from "./protocol";
+import { MAX_NODE_ID_CHARS, MAX_TEXT_CHARS, RUN_ID_PATTERN } from "./protocol";
 
 function childPath(path: string, key: string): string {
   return path === "" ? key : `${path}.${key}`;
@@ -36,6 +36,15 @@ export function requireString(value: Json | undefined, path: string, min = 0, ma
     throw new BadRequest(`${path} must have ${range} characters`, path);
   }
   return value;
+}
+
+/**
+ * A failure's reason or error message, cut to {@link MAX_TEXT_CHARS} characters (code points, as
+ * the reference counts them): it comes from user code, and refusing it would fail the failure path.
+ */
+export function clipText(text: string): string {
+  const characters = [...text];
+  return characters.length > MAX_TEXT_CHARS ? characters.slice(0, MAX_TEXT_CHARS).join("") : text;
 }
 
 export function requireInt(value: Json | undefined, path: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
@@ -151,14 +160,23 @@ export class Fields {
     return this.optional(key, {}, requireObject);
   }
 
-  list<T>(key: string, item: (value: Json, path: string) => T): T[] {
-    return this.optional(key, [], (value, path) => readList(value, path, item));
+  list<T>(key: string, item: (value: Json, path: string) => T, maxItems = Infinity): T[] {
+    return this.optional(key, [], (value, path) => readList(value, path, item, maxItems));
   }
 }
 
-export function readList<T>(value: Json, path: string, item: (value: Json, path: string) => T): T[] {
+/** A JSON array read item by item; its length is checked first, as pydantic checks a list's. */
+export function readList<T>(
+  value: Json,
+  path: string,
+  item: (value: Json, path: string) => T,
+  maxItems = Infinity,
+): T[] {
   if (!Array.isArray(value)) {
     throw new BadRequest(`${path} must be an array, not ${describe(value)}`, path);
+  }
+  if (value.length > maxItems) {
+    throw new BadRequest(`${path} must hold at most ${maxItems} items, not ${value.length}`, path);
   }
   return value.map((element, index) => item(element, indexPath(path, index)));
 }

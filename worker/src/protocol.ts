@@ -12,6 +12,17 @@ export type AwaitReason = "external_event" | "timer" | "webhook" | "subflow";
 
 export const RUN_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 export const MAX_NODE_ID_CHARS = 512;
+/** A blueprint id or version, and a batch worker's `uses` (§8). */
+export const MAX_NAME_CHARS = 512;
+/**
+ * A context key, a coordination key and a batch worker's `inputs` key: room for the keys the
+ * engine derives from a node id of the longest length, `_batch.<scatter>_<batch>_item_<i>` (§8).
+ */
+export const MAX_KEY_CHARS = 1024;
+/** A routing `action`; failure reasons and attempt errors longer than this are truncated (§8). */
+export const MAX_TEXT_CHARS = 4096;
+/** Nodes in a topology, and node ids in each of its lists (`succs`, `backPreds`, start nodes). */
+export const MAX_TOPOLOGY_NODES = 10_000;
 export const MAX_LEASE_MS = 43_200_000;
 /** The longest queue delivery delay (12 h); longer waits chain. */
 export const MAX_DELAY_MS = 43_200_000;

@@ -2,6 +2,8 @@
 
 import { BadRequest } from "./errors";
 import {
+  clipText,
+  type Fields,
   readEnum,
   readList,
   readShape,
@@ -21,8 +23,12 @@ import {
   type DynamicSpec,
   type FailRequest,
   type JoinMode,
+  MAX_KEY_CHARS,
   MAX_LEASE_MS,
+  MAX_NAME_CHARS,
   MAX_OPS,
+  MAX_TEXT_CHARS,
+  MAX_TOPOLOGY_NODES,
   type Op,
   type ParentLink,
   type Resolution,
@@ -45,21 +51,45 @@ function readToken(value: Json, path: string): string {
   return requireString(value, path, 1, TOKEN_MAX);
 }
 
+function readKey(value: Json, path: string): string {
+  return requireString(value, path, 0, MAX_KEY_CHARS);
+}
+
+/** An object of context values: each key holds at most {@link MAX_KEY_CHARS} characters. */
+function readKeyed(fields: Fields, key: string): JsonObject {
+  const object = fields.object(key);
+  for (const name of Object.keys(object)) {
+    readKey(name, `${fields.at(key)}.${name}`);
+  }
+  return object;
+}
+
+/** A failure's reason or error message: any string, truncated to {@link MAX_TEXT_CHARS}. */
+function readText(fields: Fields, key: string, min = 0): string {
+  return clipText(fields.string(key, min));
+}
+
+function readNullableText(fields: Fields, key: string): string | null {
+  const text = fields.nullableString(key);
+  return text === null ? null : clipText(text);
+}
+
 function readResolution(value: Json, path: string): Resolution {
   return readShape(value, path, ["output", "action"], (fields) => ({
     output: fields.raw("output") ?? null,
-    action: fields.nullableString("action"),
+    action: fields.nullableString("action", 0, MAX_TEXT_CHARS),
   }));
 }
 
 function readTopologyNode(value: Json, path: string): TopologyNode {
   return readShape(value, path, ["succs", "join", "backPreds"], (fields) => ({
-    succs: fields.list("succs", requireNodeId),
+    succs: fields.list("succs", requireNodeId, MAX_TOPOLOGY_NODES),
     join: fields.optional("join", "all", (raw, at) => readEnum(raw, at, JOIN_MODES)),
-    backPreds: fields.list("backPreds", requireNodeId),
+    backPreds: fields.list("backPreds", requireNodeId, MAX_TOPOLOGY_NODES),
   }));
 }
 
+/** The topology: its nodes are read first, then their number is checked (pydantic's order). */
 function readTopology(value: Json, path: string): Map<string, TopologyNode> {
   const topology = new Map<string, TopologyNode>();
   for (const [node, spec] of Object.entries(requireObject(value, path))) {
@@ -67,13 +97,16 @@ function readTopology(value: Json, path: string): Map<string, TopologyNode> {
     requireNodeId(node, at);
     topology.set(node, readTopologyNode(spec, at));
   }
+  if (topology.size > MAX_TOPOLOGY_NODES) {
+    throw new BadRequest(`${path} must hold at most ${MAX_TOPOLOGY_NODES} nodes, not ${topology.size}`, path);
+  }
   return topology;
 }
 
 function readParent(value: Json, path: string): ParentLink {
   return readShape(value, path, ["runId", "blueprintId", "nodeId", "gen"], (fields) => ({
     runId: fields.required("runId", requireRunId),
-    blueprintId: fields.string("blueprintId"),
+    blueprintId: fields.string("blueprintId", 0, MAX_NAME_CHARS),
     nodeId: fields.required("nodeId", requireNodeId),
     gen: fields.required("gen", readGen),
   }));
@@ -82,11 +115,13 @@ function readParent(value: Json, path: string): ParentLink {
 export function parseStart(body: Json): StartRequest {
   const allowed = ["blueprintId", "blueprintVersion", "context", "topology", "startNodes", "parent"];
   return readShape(body, "", allowed, (fields) => ({
-    blueprintId: fields.string("blueprintId", 1),
-    blueprintVersion: fields.nullableString("blueprintVersion"),
-    context: fields.object("context"),
+    blueprintId: fields.string("blueprintId", 1, MAX_NAME_CHARS),
+    blueprintVersion: fields.nullableString("blueprintVersion", 0, MAX_NAME_CHARS),
+    context: readKeyed(fields, "context"),
     topology: fields.required("topology", readTopology),
-    startNodes: fields.required("startNodes", (value, path) => readList(value, path, requireNodeId)),
+    startNodes: fields.required("startNodes", (value, path) =>
+      readList(value, path, requireNodeId, MAX_TOPOLOGY_NODES),
+    ),
     parent: fields.nullable("parent", readParent),
   }));
 }
@@ -97,15 +132,15 @@ export function parseClaim(body: Json): ClaimRequest {
     gen: fields.nullable("gen", readGen),
     token: fields.required("token", readToken),
     leaseMs: fields.required("leaseMs", (value, path) => requireInt(value, path, 1, MAX_LEASE_MS)),
-    blueprintVersion: fields.nullableString("blueprintVersion"),
+    blueprintVersion: fields.nullableString("blueprintVersion", 0, MAX_NAME_CHARS),
   }));
 }
 
 function readDynamic(value: Json, path: string): DynamicSpec {
   return readShape(value, path, ["nodeId", "uses", "inputs", "gather"], (fields) => ({
     nodeId: fields.required("nodeId", requireNodeId),
-    uses: fields.string("uses"),
-    inputs: fields.string("inputs"),
+    uses: fields.string("uses", 0, MAX_NAME_CHARS),
+    inputs: fields.string("inputs", 0, MAX_KEY_CHARS),
     gather: fields.required("gather", requireNodeId),
   }));
 }
@@ -166,8 +201,8 @@ export function parseCommit(body: Json): CommitInput {
     gen: fields.required("gen", readGen),
     token: fields.required("token", readToken),
     result: fields.nullable("result", readResolution),
-    writes: new Map(Object.entries(fields.object("writes"))),
-    deletes: fields.list("deletes", (value, path) => requireString(value, path)),
+    writes: new Map(Object.entries(readKeyed(fields, "writes"))),
+    deletes: fields.list("deletes", readKey),
     arrivals: fields.list("arrivals", requireNodeId),
     skips: fields.list("skips", requireNodeId),
     rearm: fields.list("rearm", requireNodeId),
@@ -183,7 +218,7 @@ export function parseAttempts(body: Json): AttemptsRequest {
     gen: fields.required("gen", readGen),
     token: fields.required("token", readToken),
     attempts: fields.required("attempts", (value, path) => requireInt(value, path, 0)),
-    error: fields.nullableString("error"),
+    error: readNullableText(fields, "error"),
     release: fields.boolean("release", false),
     retryAfterMs: fields.nullable("retryAfterMs", (value, path) => requireInt(value, path, 0)),
   }));
@@ -191,7 +226,7 @@ export function parseAttempts(body: Json): AttemptsRequest {
 
 export function parseFail(body: Json): FailRequest {
   return readShape(body, "", ["reason", "nodeId", "gen"], (fields) => ({
-    reason: fields.string("reason", 1),
+    reason: readText(fields, "reason", 1),
     nodeId: fields.nullable("nodeId", requireNodeId),
     gen: fields.nullable("gen", readGen),
   }));
@@ -199,7 +234,7 @@ export function parseFail(body: Json): FailRequest {
 
 export function parseResume(body: Json): ResumeRequest {
   return readShape(body, "", ["action", "output", "nodeId"], (fields) => ({
-    action: fields.nullableString("action"),
+    action: fields.nullableString("action", 0, MAX_TEXT_CHARS),
     output: fields.raw("output") ?? null,
     hasOutput: fields.has("output"),
     nodeId: fields.nullable("nodeId", requireNodeId),
@@ -207,7 +242,7 @@ export function parseResume(body: Json): ResumeRequest {
 }
 
 export function parseCancel(body: Json): CancelRequest {
-  return readShape(body, "", ["reason"], (fields) => ({ reason: fields.nullableString("reason") }));
+  return readShape(body, "", ["reason"], (fields) => ({ reason: readNullableText(fields, "reason") }));
 }
 
 /** Calls without parameters (`reconcile`, `get`) accept only an empty object. */
@@ -218,7 +253,7 @@ export function parseEmpty(body: Json): void {
 function readOp(value: Json, path: string): Op {
   return readShape(value, path, ["op", "key", "value", "ttlSeconds"], (fields) => ({
     op: fields.required("op", (raw, at) => readEnum(raw, at, COORDINATION_OPS)),
-    key: fields.nullableString("key"),
+    key: fields.nullableString("key", 0, MAX_KEY_CHARS),
     value: fields.raw("value") ?? null,
     ttlSeconds: fields.nullable("ttlSeconds", (raw, at) => requireInt(raw, at, 1, MAX_TTL_SECONDS)),
   }));
@@ -226,8 +261,8 @@ function readOp(value: Json, path: string): Op {
 
 export function parseOps(body: Json): Op[] {
   return readShape(body, "", ["ops"], (fields) => {
-    const ops = fields.required("ops", (value, path) => readList(value, path, readOp));
-    if (ops.length < 1 || ops.length > MAX_OPS) {
+    const ops = fields.required("ops", (value, path) => readList(value, path, readOp, MAX_OPS));
+    if (ops.length < 1) {
       throw new BadRequest(`ops must hold 1 to ${MAX_OPS} operations`, "ops");
     }
     return ops;

@@ -45,12 +45,14 @@ describe("sending through the queue REST endpoint", () => {
 
   test("a large release is split into sends of at most 100 messages and 256 KB", async () => {
     const id = runId("split");
-    const nodes = Array.from({ length: 250 }, (_, index) => `N${index}`);
+    // Ids at their length limits (§8) in 4-byte characters: about 4 KB a job, so 100 jobs exceed 256 KB.
+    const wide = "\u{1D11E}";
+    const nodes = Array.from({ length: 250 }, (_, index) => `${wide.repeat(508)}${index}`);
     const topology = Object.fromEntries(nodes.map((node) => [node, {}]));
     const before = queue.calls.length;
     const reply = await worker.post(`/v1/runs/${id}/start`, {
       ...startBody(topology, nodes),
-      blueprintId: "b".repeat(3000),
+      blueprintId: wide.repeat(512),
     });
     assert.equal(reply.status, 200);
     const calls = queue.calls.slice(before);
