@@ -30,6 +30,7 @@ from flowcraft_puller.runstore.protocol import (
     AttemptsRequest,
     AwaitingSpec,
     AwaitingView,
+    BadRequest,
     CancelRequest,
     ClaimRequest,
     ClaimResponse,
@@ -49,6 +50,7 @@ from flowcraft_puller.runstore.protocol import (
     StatusResponse,
     TopologyNode,
     Unauthorized,
+    field_path,
 )
 
 log = structlog.get_logger("flowcraft_puller.adapter")
@@ -135,10 +137,20 @@ class _Unobserved:
         return None
 
 
+_PATH_PART_CHARS = 40
+"""Longer names in an error's field path are cut (a refused key may be thousands long)."""
+
+
+def _shortened(part: int | str) -> int | str:
+    if isinstance(part, str) and len(part) > _PATH_PART_CHARS:
+        return part[:_PATH_PART_CHARS] + "…"
+    return part
+
+
 def _describe_validation(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
+        where = field_path(tuple(_shortened(p) for p in error["loc"])) or "body"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
 
@@ -376,18 +388,26 @@ class Adapter:
         self, job: NodeJob, outcome: Commit | Fail | Deferred, token: str, deadline: float | None
     ) -> JobOutcome:
         if isinstance(outcome, Fail):
-            failed = await self.store.fail(
-                job.run_id, FailRequest(reason=outcome.reason, node_id=job.node.id, gen=job.gen)
-            )
-            if failed.reason == outcome.reason:
+            request = FailRequest(reason=outcome.reason, node_id=job.node.id, gen=job.gen)
+            failed = await self.store.fail(job.run_id, request)
+            if failed.reason == request.reason:
                 self.observer.run_finished(job.blueprint.id, failed.status)
             log.info("node failed; run failed", reason=outcome.reason)
             return JobOutcome("ack", "failed", reason=outcome.reason)
         if isinstance(outcome, Deferred):
             return JobOutcome("retry", "deferred", max(1, math.ceil(outcome.retry_after_ms / 1000)))
-        if outcome.child is not None:
-            await self._start_child(job, outcome.child)
-        committed = await self.store.commit(job.run_id, self._commit_request(job, outcome, token))
+        try:
+            commit = self._commit_request(job, outcome, token)
+            child = self._child_request(job, outcome.child) if outcome.child else None
+        except ValidationError as exc:
+            reason = (
+                f"node {job.node.id!r} produced what the run store refuses: "
+                f"{_describe_validation(exc)}"
+            )
+            return await self._settle(job, Fail(reason), token, deadline)
+        if child is not None:
+            await self.store.start(child[0], child[1])
+        committed = await self.store.commit(job.run_id, commit)
         self.observer.committed()
         if committed.status == "completed" and not (committed.duplicate or committed.stale):
             self.observer.run_finished(job.blueprint.id, "completed")
@@ -432,13 +452,13 @@ class Adapter:
             awaiting=awaiting,
         )
 
-    async def _start_child(self, job: NodeJob, child: ChildRun) -> None:
+    def _child_request(self, job: NodeJob, child: ChildRun) -> tuple[str, StartRequest]:
+        """The child run's id and start request (``ValidationError`` when the store would
+        refuse it, e.g. a context key over its limit)."""
         parent = ParentLink(
             run_id=job.run_id, blueprint_id=job.blueprint.id, node_id=job.node.id, gen=job.gen
         )
-        await self.store.start(
-            child.run_id, self._start_request(child.blueprint, child.context, parent)
-        )
+        return child.run_id, self._start_request(child.blueprint, child.context, parent)
 
     # ---- run operations -----------------------------------------------------------------
 
@@ -479,8 +499,14 @@ class Adapter:
             raise UnknownBlueprint(f"blueprint {blueprint_id!r} is not loaded (loaded: {known})")
         context = dict(context or {})
         check_json(context, "the initial context")
+        try:
+            request = self._start_request(blueprint, context)
+        except ValidationError as exc:
+            raise BadRequest(
+                f"cannot start {blueprint_id!r}: {_describe_validation(exc)}"
+            ) from None
         run_id = run_id or uuid.uuid4().hex
-        await self.store.start(run_id, self._start_request(blueprint, context))
+        await self.store.start(run_id, request)
         return run_id
 
     async def resume_with_action(
@@ -510,9 +536,12 @@ class Adapter:
                 CommitRequest(node_id=awaiting_id, gen=gen, token=uuid.uuid4().hex, awaiting=spec),
             )
             return response
-        request = ResumeRequest(action=action, node_id=node_id)
-        if output is not None:
-            request = ResumeRequest(action=action, output=output, node_id=node_id)
+        try:
+            request = ResumeRequest(action=action, node_id=node_id)
+            if output is not None:
+                request = ResumeRequest(action=action, output=output, node_id=node_id)
+        except ValidationError as exc:
+            raise BadRequest(f"cannot resume {run_id!r}: {_describe_validation(exc)}") from None
         return await self.store.resume(run_id, request)
 
     async def cancel(self, run_id: str, reason: str | None = None) -> StatusResponse:

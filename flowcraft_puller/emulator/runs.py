@@ -47,6 +47,7 @@ from flowcraft_puller.runstore.protocol import (
     StartRequest,
     Unauthorized,
     Wire,
+    field_path,
 )
 from flowcraft_puller.runstore.sqlite import SqliteRunStore
 
@@ -117,17 +118,6 @@ def _error(exc: RunStoreError) -> Response:
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
     return _json(_error_body(exc), exc.http_status, headers)
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as the protocol's JSON path: ``topology.B.succs[0]``."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part != "[key]":
-            path += f".{part}" if path else part
-    return path
 
 
 def validate(model: type[W], data: Any) -> W:

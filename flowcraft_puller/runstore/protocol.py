@@ -295,6 +295,17 @@ class HookResponse(Reply):
     node_id: NodeId
 
 
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the protocol's JSON path: ``topology.B.succs[0]``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "[key]":
+            path += f".{part}" if path else part
+    return path
+
+
 class ErrorDetail(Reply):
     code: str
     message: str

@@ -6,14 +6,22 @@ from typing import Any
 
 import pytest
 
-from flowcraft_puller.adapter import Adapter, AdapterSettings, JobOutcome
+from flowcraft_puller import FatalNodeError, NodeResult
+from flowcraft_puller.adapter import Adapter, AdapterObserver, AdapterSettings, JobOutcome
 from flowcraft_puller.engine.blueprint import Blueprint, load_blueprint
 from flowcraft_puller.engine.executor import ExecutionEnv
 from flowcraft_puller.engine.nodes import NodeContext, NodeImplementation
 from flowcraft_puller.engine.step import Engine
 from flowcraft_puller.queue.protocol import QueueMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
-from flowcraft_puller.runstore.protocol import ClaimRequest, ClaimResponse, StoreUnavailable
+from flowcraft_puller.runstore.protocol import (
+    MAX_KEY_CHARS,
+    MAX_TEXT_CHARS,
+    BadRequest,
+    ClaimRequest,
+    ClaimResponse,
+    StoreUnavailable,
+)
 from flowcraft_puller.testing import STANDARD_NODES
 
 pytestmark = pytest.mark.anyio
@@ -25,7 +33,42 @@ async def returns_set(ctx: NodeContext) -> Any:
     return {"tags": {"a", "b"}}
 
 
-REGISTRY: dict[str, NodeImplementation] = {**STANDARD_NODES, "returnsSet": returns_set}
+async def returns_a_long_action(ctx: NodeContext) -> NodeResult:
+    return NodeResult(output=1, action="x" * (MAX_TEXT_CHARS + 1))
+
+
+async def writes_a_long_key(ctx: NodeContext) -> int:
+    await ctx.context.set("k" * (MAX_KEY_CHARS + 1), 1)
+    return 1
+
+
+async def raises_a_long_message(ctx: NodeContext) -> None:
+    raise FatalNodeError("boom " * MAX_TEXT_CHARS)
+
+
+REGISTRY: dict[str, NodeImplementation] = {
+    **STANDARD_NODES,
+    "returnsSet": returns_set,
+    "returnsALongAction": returns_a_long_action,
+    "writesALongKey": writes_a_long_key,
+    "raisesALongMessage": raises_a_long_message,
+}
+
+
+class FinishedRuns:
+    """An adapter observer keeping the runs it was told finished."""
+
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, str]] = []
+
+    def node_finished(self, blueprint: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def run_finished(self, blueprint: str, status: str) -> None:
+        self.finished.append((blueprint, status))
+
+    def committed(self) -> None:
+        return None
 
 
 def flow(version: str | None = None, uses: str = "const") -> Blueprint:
@@ -43,10 +86,14 @@ def flow(version: str | None = None, uses: str = "const") -> Blueprint:
     )
 
 
-def adapter_for(blueprint: Blueprint, store: MemoryRunStore | None = None) -> Adapter:
+def adapter_for(
+    blueprint: Blueprint,
+    store: MemoryRunStore | None = None,
+    observer: AdapterObserver | None = None,
+) -> Adapter:
     engine = Engine(blueprints={blueprint.id: blueprint}, env=ExecutionEnv(registry=REGISTRY))
     settings = AdapterSettings(max_deliveries=MAX_DELIVERIES, skew_retry_seconds=7)
-    return Adapter(engine, store or MemoryRunStore(), settings)
+    return Adapter(engine, store or MemoryRunStore(), settings, observer=observer)
 
 
 def message(
@@ -224,6 +271,49 @@ async def test_a_non_json_node_output_fails_the_run_naming_the_node_and_path() -
     assert (view.status, view.reason) == ("failed", reason)
     assert "_outputs.A" not in view.context
     assert view.nodes["A"].state == "failed"
+
+
+@pytest.mark.parametrize(
+    ("uses", "field"),
+    [("returnsALongAction", "action: "), ("writesALongKey", "writes.kkkk")],
+)
+async def test_a_node_result_the_store_would_refuse_fails_the_run_naming_the_field(
+    uses: str, field: str
+) -> None:
+    adapter, store = await started(flow(uses=uses))
+    outcome = await handle(adapter, message(job()))
+    assert (outcome.action, outcome.outcome) == ("ack", "failed")
+    reason = outcome.reason or ""
+    assert reason.startswith("node 'A' produced what the run store refuses: ")
+    assert field in reason
+    view = await store.get("run-1")
+    assert (view.status, view.reason) == ("failed", reason)
+
+
+async def test_a_run_failing_with_an_overlong_reason_is_counted_as_finished() -> None:
+    observer = FinishedRuns()
+    store = MemoryRunStore()
+    adapter = adapter_for(flow(uses="raisesALongMessage"), store, observer)
+    await adapter.start_run("flow", {}, run_id="run-1")
+    outcome = await handle(adapter, message(job()))
+    assert (outcome.action, outcome.outcome) == ("ack", "failed")
+    assert len(outcome.reason or "") > MAX_TEXT_CHARS
+    assert len((await store.get("run-1")).reason or "") == MAX_TEXT_CHARS
+    assert observer.finished == [("flow", "failed")]
+
+
+async def test_starting_a_run_with_a_context_key_over_the_limit_names_the_key() -> None:
+    adapter = adapter_for(flow())
+    with pytest.raises(
+        BadRequest, match=r"cannot start 'flow': context\.k{40}…: String should have at most 1024 "
+    ):
+        await adapter.start_run("flow", {"k" * (MAX_KEY_CHARS + 1): 1})
+
+
+async def test_resuming_with_an_action_over_the_limit_names_the_field() -> None:
+    adapter, _ = await started()
+    with pytest.raises(BadRequest, match=r"cannot resume 'run-1': action: String should have"):
+        await adapter.resume_with_action("run-1", "x" * (MAX_TEXT_CHARS + 1))
 
 
 # ---- version skew -------------------------------------------------------------------------------
