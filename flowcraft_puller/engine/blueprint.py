@@ -28,6 +28,9 @@ BUILTIN_USES = frozenset(
 )
 MAX_ID_CHARS = 512
 """The longest blueprint id, version or node id a run store accepts (docs/protocol.md §8)."""
+MAX_WORKER_USES_CHARS = MAX_ID_CHARS - 24
+"""The longest batch-scatter ``workerUsesKey``: a worker's node id is ``<uses>_<12 hex>_<index>``
+and must stay within :data:`MAX_ID_CHARS` for indexes of up to ten digits."""
 
 
 class _Frozen(BaseModel):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from flowcraft_puller.engine.blueprint import Blueprint, NodeDef
+from flowcraft_puller.engine.blueprint import MAX_WORKER_USES_CHARS, Blueprint, NodeDef
 from flowcraft_puller.engine.durations import DurationError, parse_duration_ms
 from flowcraft_puller.engine.errors import FatalNodeError, FlowcraftError
 from flowcraft_puller.engine.evaluators import Evaluator
@@ -216,6 +216,11 @@ def _batch_scatter(call: BuiltinCall) -> BuiltinOutcome:
     if not isinstance(uses, str) or not isinstance(gather, str):
         raise FatalNodeError(
             "BatchScatterNode requires 'workerUsesKey' and 'gatherNodeId' parameters."
+        )
+    if len(uses) > MAX_WORKER_USES_CHARS:
+        raise FatalNodeError(
+            f"batch-scatter node '{node.id}': workerUsesKey has {len(uses)} characters; "
+            f"at most {MAX_WORKER_USES_CHARS} fit in its workers' node ids."
         )
     chunk = params.get("chunkSize") or len(items) or 1
     batch_id = uuid.uuid5(_BATCH_NAMESPACE, f"{call.run_id}\0{node.id}\0{call.gen}").hex[:12]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from flowcraft_puller.engine.blueprint import BUILTIN_USES, Blueprint
+from flowcraft_puller.engine.blueprint import BUILTIN_USES, MAX_WORKER_USES_CHARS, Blueprint
 from flowcraft_puller.engine.durations import DurationError, parse_duration_ms
 from flowcraft_puller.engine.errors import BlueprintIssue
 from flowcraft_puller.engine.evaluators import Evaluator
@@ -84,6 +84,13 @@ def _check_builtin(bp: Blueprint, index: int, path: str) -> list[BlueprintIssue]
         for key in ("workerUsesKey", "gatherNodeId"):
             if not isinstance(params.get(key), str) or not params.get(key):
                 error(f"params.{key}", "batch-scatter requires 'workerUsesKey' and 'gatherNodeId'")
+        uses = params.get("workerUsesKey")
+        if isinstance(uses, str) and len(uses) > MAX_WORKER_USES_CHARS:
+            error(
+                "params.workerUsesKey",
+                f"must have at most {MAX_WORKER_USES_CHARS} characters (its workers' node ids "
+                f"add 24 and the run store allows 512), not {len(uses)}",
+            )
         gather = params.get("gatherNodeId")
         if isinstance(gather, str) and gather:
             target = bp.node_map.get(gather)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from flowcraft_puller.engine.blueprint import MAX_ID_CHARS, load_blueprint
+from flowcraft_puller.engine.blueprint import MAX_ID_CHARS, MAX_WORKER_USES_CHARS, load_blueprint
 from flowcraft_puller.engine.errors import BlueprintError
 from flowcraft_puller.runstore.protocol import MAX_NAME_CHARS, MAX_NODE_ID_CHARS
 
@@ -54,3 +54,32 @@ def test_a_version_over_the_limit_is_refused_at_load() -> None:
 def test_a_node_id_over_the_limit_is_refused_at_load_without_also_breaking_its_edges() -> None:
     found = refused_paths(blueprint(node_id="n" * (MAX_ID_CHARS + 1)))
     assert list(found) == ["nodes[0].id"]
+
+
+def scatter(worker_uses: str) -> dict[str, Any]:
+    return {
+        "id": "bp",
+        "nodes": [
+            {
+                "id": "S",
+                "uses": "batch-scatter",
+                "params": {"workerUsesKey": worker_uses, "gatherNodeId": "G"},
+            },
+            {"id": "G", "uses": "batch-gather"},
+        ],
+        "edges": [{"source": "S", "target": "G"}],
+    }
+
+
+def test_a_worker_uses_key_at_its_limit_loads_and_its_worker_ids_fit_the_store() -> None:
+    uses = "w" * MAX_WORKER_USES_CHARS
+    load_blueprint(scatter(uses))
+    tenth_digit_worker = f"{uses}_{'0' * 12}_{9_999_999_999}"
+    assert len(tenth_digit_worker) == MAX_NODE_ID_CHARS
+
+
+def test_a_worker_uses_key_too_long_for_its_worker_ids_is_refused_at_load() -> None:
+    found = refused_paths(scatter("w" * (MAX_WORKER_USES_CHARS + 1)))
+    [(path, message)] = found.items()
+    assert path.endswith("params.workerUsesKey")
+    assert f"at most {MAX_WORKER_USES_CHARS} characters" in message
