@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from flowcraft_puller import __version__
 from flowcraft_puller.queue.protocol import JobSender
+from flowcraft_puller.runstore.memory import MemoryRunStore
 from flowcraft_puller.runstore.protocol import (
     RUN_ID_PATTERN,
     AttemptsRequest,
@@ -145,9 +146,9 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-Call = Callable[[SqliteRunStore, str, Any], Awaitable[BaseModel]]
+RunCall = Callable[[MemoryRunStore, str, Any], Awaitable[BaseModel]]
 
-_CALLS: Final[dict[str, tuple[type[Wire], Call]]] = {
+RUN_CALLS: Final[dict[str, tuple[type[Wire], RunCall]]] = {
     "start": (StartRequest, lambda s, r, b: s.start(r, b)),
     "claim": (ClaimRequest, lambda s, r, b: s.claim(r, b)),
     "commit": (CommitRequest, lambda s, r, b: s.commit(r, b)),
@@ -159,7 +160,8 @@ _CALLS: Final[dict[str, tuple[type[Wire], Call]]] = {
     "ops": (OpsRequest, lambda s, r, b: s.ops(r, b)),
     "get": (_Empty, lambda s, r, b: s.get(r)),
 }
-_PATH_CALLS: Final = frozenset(_CALLS) - {"get"}
+"""The run-store calls by protocol name: the request model and how to make the call."""
+_PATH_CALLS: Final = frozenset(RUN_CALLS) - {"get"}
 """Calls with a path of their own, ``POST /v1/runs/{runId}/{call}``; ``get`` is ``GET``."""
 
 
@@ -310,7 +312,7 @@ class RunService:
         )
 
     async def _call(self, action: str, run_id: str, data: Any) -> BaseModel:
-        model, call = _CALLS[action]
+        model, call = RUN_CALLS[action]
         return await call(self.store, run_id, validate(model, data))
 
     async def _list(self, request: Request) -> Response:

@@ -44,7 +44,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
@@ -55,9 +55,8 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
-from flowcraft_puller.emulator.runs import validate
+from flowcraft_puller.emulator.runs import RUN_CALLS, validate
 from flowcraft_puller.queue.protocol import OutgoingMessage
 from flowcraft_puller.runstore.memory import MemoryRunStore
 from flowcraft_puller.runstore.protocol import (
@@ -65,16 +64,7 @@ from flowcraft_puller.runstore.protocol import (
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,
     TERMINAL_STATUSES,
-    AttemptsRequest,
-    CancelRequest,
-    ClaimRequest,
-    CommitRequest,
-    FailRequest,
-    OpsRequest,
-    ResumeRequest,
     RunStoreError,
-    StartRequest,
-    Wire,
 )
 from flowcraft_puller.runstore.state import RunState
 from tests.contract.conftest import SentJob, WorkerWithJobLog
@@ -622,28 +612,6 @@ class ReferenceJobs:
         self.sent.extend(messages)
 
 
-ReferenceMethod = Callable[[MemoryRunStore, str, Any], Awaitable[BaseModel]]
-
-REFERENCE_CALLS: Final[dict[str, tuple[type[Wire] | None, ReferenceMethod]]] = {
-    "start": (StartRequest, lambda store, run_id, request: store.start(run_id, request)),
-    "claim": (ClaimRequest, lambda store, run_id, request: store.claim(run_id, request)),
-    "commit": (CommitRequest, lambda store, run_id, request: store.commit(run_id, request)),
-    "attempts": (AttemptsRequest, lambda store, run_id, request: store.attempts(run_id, request)),
-    "fail": (FailRequest, lambda store, run_id, request: store.fail(run_id, request)),
-    "resume": (ResumeRequest, lambda store, run_id, request: store.resume(run_id, request)),
-    "cancel": (CancelRequest, lambda store, run_id, request: store.cancel(run_id, request)),
-    "ops": (OpsRequest, lambda store, run_id, request: store.ops(run_id, request)),
-    "reconcile": (None, lambda store, run_id, _: store.reconcile(run_id)),
-    "get": (None, lambda store, run_id, _: store.get(run_id)),
-    "hook": (
-        None,
-        lambda store, run_id, body: store.hook(
-            run_id, body["nodeId"], body["token"], body["payload"]
-        ),
-    ),
-}
-
-
 class ReferenceSide:
     """The reference store in this process; its clock reads the time the current step began."""
 
@@ -655,10 +623,14 @@ class ReferenceSide:
 
     def call(self, run_id: str, call: Call, body: dict[str, Any], now_ms: int) -> Answer:
         self.now_ms = now_ms
-        model, method = REFERENCE_CALLS[call.op]
         try:
-            request = body if model is None else validate(model, body)
-            response = self.portal.call(method, self.store, run_id, request)
+            if call.op == "hook":
+                response = self.portal.call(
+                    self.store.hook, run_id, body["nodeId"], body["token"], body["payload"]
+                )
+            else:
+                model, method = RUN_CALLS[call.op]
+                response = self.portal.call(method, self.store, run_id, validate(model, body))
         except RunStoreError as exc:
             return exc.http_status, {"code": exc.code, "field": exc.field}
         return 200, response.model_dump(mode="json", by_alias=True)
