@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import anyio
 import orjson
 import typer
+from pydantic import ValidationError
 
 from flowcraft_puller import __version__
 from flowcraft_puller.adapter import Adapter, UnknownBlueprint
@@ -217,15 +218,53 @@ def emulator(
     secret: Annotated[
         str | None, typer.Option(envvar="FLOWCRAFT_EMULATOR_SECRET", help="Worker protocol secret.")
     ] = None,
+    message_retries: Annotated[
+        int,
+        typer.Option(help="Consumers' max_retries, as `wrangler queues consumer http add`."),
+    ] = 3,
+    visibility_timeout_secs: Annotated[
+        float, typer.Option(help="Consumers' default visibility timeout in seconds.")
+    ] = 30.0,
+    retry_delay_secs: Annotated[
+        int, typer.Option(help="Consumers' default delay before a retried message returns.")
+    ] = 0,
 ) -> None:
     """Serve the local Cloudflare emulator (Queues pull API and the Worker protocol)."""
-    from flowcraft_puller.emulator.server import EmulatorStartError, run_emulator
+    from flowcraft_puller.emulator.app import EmulatorConfig
+    from flowcraft_puller.emulator.server import EmulatorStartError, serve
 
     configure_logging("info", "auto")
     try:
-        run_emulator(host, port, state, token, secret)
+        config = EmulatorConfig(
+            host=host,
+            port=port,
+            state_path=state,
+            token=token,
+            secret=secret,
+            max_retries=message_retries,
+            visibility_timeout_ms=round(visibility_timeout_secs * 1000),
+            retry_delay_seconds=retry_delay_secs,
+        )
+    except ValidationError as exc:
+        _fail(f"invalid emulator option: {_describe_options(exc)}")
+    try:
+        serve(config)
     except EmulatorStartError as exc:
         _fail(str(exc), EXIT_RUN_FAILED)
+
+
+def _describe_options(exc: ValidationError) -> str:
+    """Pydantic's errors on :class:`EmulatorConfig` as command-line options."""
+    options = {
+        "state_path": "--state",
+        "max_retries": "--message-retries",
+        "visibility_timeout_ms": "--visibility-timeout-secs",
+        "retry_delay_seconds": "--retry-delay-secs",
+    }
+    return "; ".join(
+        f"{options.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))}: {e['msg']}"
+        for e in exc.errors()
+    )
 
 
 @app.command()

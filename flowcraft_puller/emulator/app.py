@@ -90,7 +90,8 @@ class QueueSpec(BaseModel):
     max_retries: int | None = Field(None, ge=0, le=100)
     """``None``: the emulator-wide ``max_retries``. At most 100 (§1.6)."""
     visibility_timeout_ms: int | None = Field(None, ge=1, le=MAX_VISIBILITY_TIMEOUT_MS)
-    retry_delay_seconds: int = Field(0, ge=0, le=MAX_DELAY_MS // 1000)
+    retry_delay_seconds: int | None = Field(None, ge=0, le=MAX_DELAY_MS // 1000)
+    """``None``: the emulator-wide ``retry_delay_seconds``."""
 
 
 def _default_queues() -> list[QueueSpec]:
@@ -121,6 +122,8 @@ class EmulatorConfig(BaseModel):
     """The queue the run service's outbox sends jobs to."""
     max_retries: int = Field(3, ge=0, le=100)
     visibility_timeout_ms: int = Field(30_000, ge=1, le=MAX_VISIBILITY_TIMEOUT_MS)
+    retry_delay_seconds: int = Field(0, ge=0, le=MAX_DELAY_MS // 1000)
+    """The consumers' default delay before a retried message is delivered again."""
     throughput_limit: int = Field(DEFAULT_THROUGHPUT_LIMIT, ge=1)
     """Messages per second per queue (§1.6); lower it to make tests trip it."""
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -160,7 +163,9 @@ def broker_from_config(config: EmulatorConfig) -> QueueBroker:
                 max_retries=config.max_retries if spec.max_retries is None else spec.max_retries,
                 dead_letter_queue=spec.dead_letter_queue,
                 visibility_timeout_ms=spec.visibility_timeout_ms or config.visibility_timeout_ms,
-                retry_delay_seconds=spec.retry_delay_seconds,
+                retry_delay_seconds=config.retry_delay_seconds
+                if spec.retry_delay_seconds is None
+                else spec.retry_delay_seconds,
             ),
         )
     return broker

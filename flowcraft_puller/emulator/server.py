@@ -1,12 +1,11 @@
 """Run the emulator: in process (:class:`EmulatorServer`, for tests and ``dev``) or as a
-blocking server (:func:`serve`, :func:`run_emulator`, for the CLI)."""
+blocking server (:func:`serve`, for the CLI)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import TracebackType
 
 import anyio
@@ -211,10 +210,3 @@ def serve(config: EmulatorConfig, runs_factory: RunsFactory | None = run_service
         state=str(config.state_path) if config.state_path else None,
     )
     uvicorn.Server(_uvicorn_config(app, config.host, port)).run(sockets=[sock])
-
-
-def run_emulator(
-    host: str, port: int, state: Path | None, token: str | None, secret: str | None
-) -> None:
-    """The ``flowcraft-puller emulator`` command."""
-    serve(EmulatorConfig(host=host, port=port, state_path=state, token=token, secret=secret))

@@ -400,6 +400,7 @@ class EmulatorProcess(CliProcess):
         secret: str | None = None,
         state: Path | None = None,
         port: int = 0,
+        options: Sequence[str] = (),
     ) -> None:
         super().__init__("emulator", directory)
         self.token = token or token_hex(16)
@@ -408,6 +409,8 @@ class EmulatorProcess(CliProcess):
         """The Worker protocol secret (``FLOWCRAFT_COORDINATOR_SECRET``)."""
         self.state = state
         self.port = port
+        self.options = list(options)
+        """More ``flowcraft-puller emulator`` options (``--message-retries 1`` …)."""
         self.account_id = ""
         self.queue_ids: dict[str, str] = {}
         self._admin: httpx.AsyncClient | None = None
@@ -416,7 +419,7 @@ class EmulatorProcess(CliProcess):
         arguments = ["emulator", "--host", LOOPBACK, "--port", str(self.port)]
         if self.state is not None:
             arguments += ["--state", str(self.state)]
-        return arguments
+        return arguments + self.options
 
     def environment(self) -> dict[str, str]:
         return child_environment(

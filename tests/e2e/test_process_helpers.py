@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flowcraft_puller.config import (
@@ -16,6 +17,7 @@ from flowcraft_puller.config import (
     WorkflowsConfig,
     load_config,
 )
+from flowcraft_puller.emulator.queues import DEFAULT_PULL_BATCH
 from flowcraft_puller.testing.processes import EmulatorProcess, RunClient, settings_toml
 from tests.e2e.workflows import diamond
 
@@ -59,3 +61,22 @@ async def test_an_emulator_restarted_on_its_state_keeps_its_port_queue_and_runs(
     assert emulator.url == url
     assert queued["depth"] == requeued["depth"] == 1
     assert view.status == "running"
+
+
+@pytest.mark.anyio
+async def test_the_emulator_command_sets_its_consumers_like_wrangler_does(
+    tmp_path: Path,
+) -> None:
+    options = ["--message-retries", "1", "--visibility-timeout-secs", "2.5"]
+    options += ["--retry-delay-secs", "7"]
+    async with EmulatorProcess(tmp_path / "emulator", options=options) as emulator:
+        headers = {"Authorization": f"Bearer {emulator.token}"}
+        async with httpx.AsyncClient(headers=headers) as client:
+            listed = await client.get(f"{emulator.api_url}/accounts/{emulator.account_id}/queues")
+    queues = {q["queue_name"]: q for q in listed.json()["result"]}
+    assert queues["flowcraft-jobs"]["consumers"][0]["settings"] == {
+        "batch_size": DEFAULT_PULL_BATCH,
+        "max_retries": 1,
+        "retry_delay": 7,
+        "visibility_timeout_ms": 2500,
+    }
