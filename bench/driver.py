@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from flowcraft_puller.testing.processes import RunClient
+from flowcraft_puller.testing.runs import RunClient
 
 
 class DriveTimeout(TimeoutError):

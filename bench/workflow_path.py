@@ -21,7 +21,7 @@ from bench.timings import read_timings, scheduling_delays_ms
 from bench.workload import BLUEPRINT_ID, EXPECTED_SUM, NODES_PER_RUN, fan_blueprint
 from flowcraft_puller.config import DaemonConfig
 from flowcraft_puller.runstore.protocol import RunView
-from flowcraft_puller.testing.processes import RunClient
+from flowcraft_puller.testing.runs import RunClient
 
 SETTLE_S = 0.3
 """Wait after the last run finished, so the last acks are flushed before counting."""

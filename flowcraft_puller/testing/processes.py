@@ -6,8 +6,9 @@ campaigns and benchmarks.
 - :class:`DaemonProcess` writes a TOML configuration from :class:`~flowcraft_puller.config.Settings`
   and runs ``flowcraft-puller run --config`` with the secrets in its environment, exactly as a
   systemd unit or a container would; it can be signalled, killed and started again.
-- :class:`NotifySocket` stands in for systemd's notify socket and records what a daemon sends.
-- :class:`RunClient` starts runs and waits for them through a coordinator's ``/v1`` API.
+
+Tests pair them with :class:`~flowcraft_puller.testing.notify.NotifySocket` (systemd's notify
+socket) and :class:`~flowcraft_puller.testing.runs.RunClient` (starts and follows runs).
 
 Each process appends its stdout and stderr to files in its directory (never pipes, so a chatty
 process cannot block and a killed one loses nothing); :meth:`CliProcess.records` parses the JSON
@@ -39,12 +40,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from secrets import token_hex, token_urlsafe
 from types import TracebackType
@@ -54,7 +50,6 @@ import anyio
 import anyio.abc
 import httpx
 
-from flowcraft_puller.adapter import Adapter
 from flowcraft_puller.config import (
     CloudflareConfig,
     CoordinatorConfig,
@@ -65,11 +60,6 @@ from flowcraft_puller.config import (
     Settings,
     WorkflowsConfig,
 )
-from flowcraft_puller.engine.executor import ExecutionEnv
-from flowcraft_puller.engine.step import Engine
-from flowcraft_puller.runstore.http import HttpRunStore
-from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunView
-from flowcraft_puller.testing.stack import load_blueprints
 
 LOOPBACK: Final = "127.0.0.1"
 JOB_QUEUE: Final = "flowcraft-jobs"
@@ -690,224 +680,3 @@ class DaemonProcess(CliProcess):
         if self._http is not None:
             await self._http.aclose()
             self._http = None
-
-
-# ---- systemd notify -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Notification:
-    """One ``sd_notify`` datagram: ``KEY=VALUE`` fields, and when it arrived (monotonic)."""
-
-    at: float
-    fields: dict[str, str]
-
-
-class NotifySocket:
-    """An abstract ``AF_UNIX`` datagram socket in place of systemd's ``$NOTIFY_SOCKET``;
-    a thread records every datagram. ``with NotifySocket() as notify:``."""
-
-    def __init__(self) -> None:
-        self.name = f"flowcraft-test-{uuid.uuid4().hex}"
-        self._socket: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._received: list[Notification] = []
-
-    @property
-    def address(self) -> str:
-        """The ``NOTIFY_SOCKET`` value (``@name``: an abstract socket)."""
-        return "@" + self.name
-
-    def environment(self, watchdog_usec: int | None = None) -> dict[str, str]:
-        """The variables systemd would set for a ``Type=notify`` unit (with ``WatchdogSec=``)."""
-        variables = {"NOTIFY_SOCKET": self.address}
-        if watchdog_usec is not None:
-            variables["WATCHDOG_USEC"] = str(watchdog_usec)
-        return variables
-
-    def __enter__(self) -> Self:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind("\0" + self.name)
-        sock.settimeout(0.05)
-        self._socket = sock
-        self._thread = threading.Thread(target=self._receive, name=self.name, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._closing.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._socket is not None:
-            self._socket.close()
-
-    def _receive(self) -> None:
-        assert self._socket is not None
-        while not self._closing.is_set():
-            try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            fields = {}
-            for line in data.decode("utf-8", "replace").splitlines():
-                key, _, value = line.partition("=")
-                fields[key] = value
-            self._received.append(Notification(time.monotonic(), fields))
-
-    @property
-    def received(self) -> list[Notification]:
-        """Every datagram so far, oldest first."""
-        return list(self._received)
-
-    def having(self, key: str, value: str | None = None) -> list[Notification]:
-        """The datagrams carrying ``key`` (with ``value``, if given)."""
-        return [
-            n
-            for n in self.received
-            if key in n.fields and (value is None or n.fields[key] == value)
-        ]
-
-    async def wait_for(
-        self, key: str, value: str | None = None, *, timeout: float = 10.0
-    ) -> Notification:
-        """The first datagram carrying ``key`` (= ``value``), waiting for it if need be."""
-        with anyio.fail_after(timeout):
-            while True:
-                found = self.having(key, value)
-                if found:
-                    return found[0]
-                await anyio.sleep(0.02)
-
-
-# ---- runs -------------------------------------------------------------------------------------
-
-
-class RunClient:
-    """Starts runs and follows them through a coordinator's ``/v1`` API (the emulator's or the
-    Worker's). It executes no node code: it only needs the blueprints to start their runs."""
-
-    def __init__(
-        self,
-        coordinator_url: str,
-        secret: str,
-        blueprints: Iterable[Any] | Mapping[str, Any],
-    ) -> None:
-        self.coordinator_url = coordinator_url.rstrip("/")
-        self.secret = secret
-        self.blueprints = load_blueprints(blueprints)
-        self._stack = AsyncExitStack()
-        self._store: HttpRunStore | None = None
-        self._adapter: Adapter | None = None
-
-    async def __aenter__(self) -> Self:
-        store = HttpRunStore(self.coordinator_url + "/v1", self.secret)
-        self._store = await self._stack.enter_async_context(store)
-        engine = Engine(blueprints=self.blueprints, env=ExecutionEnv(registry={}))
-        self._adapter = Adapter(engine, store)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._stack.aclose()
-
-    @property
-    def store(self) -> HttpRunStore:
-        if self._store is None:
-            raise RuntimeError("use `async with RunClient(...)` first")
-        return self._store
-
-    def add_blueprint(self, blueprint: Any) -> None:
-        """Make another blueprint startable (e.g. one a daemon loaded on SIGHUP)."""
-        self.blueprints.update(load_blueprints([blueprint]))
-
-    async def start(
-        self,
-        blueprint_id: str,
-        context: Mapping[str, Any] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> str:
-        if self._adapter is None:
-            raise RuntimeError("use `async with RunClient(...)` first")
-        return await self._adapter.start_run(blueprint_id, context, run_id=run_id)
-
-    async def start_many(
-        self,
-        blueprint_id: str,
-        count: int,
-        *,
-        context: Callable[[int], Mapping[str, Any]] | None = None,
-        concurrency: int = 16,
-    ) -> list[str]:
-        """Start ``count`` runs, ``concurrency`` requests at a time; their ids in order."""
-        run_ids: list[str] = [uuid.uuid4().hex for _ in range(count)]
-        limiter = anyio.Semaphore(concurrency)
-
-        async def one(index: int) -> None:
-            async with limiter:
-                initial = context(index) if context is not None else None
-                await self.start(blueprint_id, initial, run_id=run_ids[index])
-
-        async with anyio.create_task_group() as group:
-            for index in range(count):
-                group.start_soon(one, index)
-        return run_ids
-
-    async def get(self, run_id: str) -> RunView:
-        return await self.store.get(run_id)
-
-    async def statuses(self) -> dict[str, str]:
-        """The status of every run the coordinator knows, by run id."""
-        found: dict[str, str] = {}
-        cursor = None
-        while True:
-            page = await self.store.list_runs(limit=1000, cursor=cursor)
-            found.update((run.run_id, run.status) for run in page.runs)
-            cursor = page.cursor
-            if cursor is None:
-                return found
-
-    async def wait_terminal(
-        self, run_ids: Iterable[str], *, timeout: float = 60.0, interval: float = 0.1
-    ) -> dict[str, RunView]:
-        """Every run once completed, failed or cancelled (TimeoutError, naming the stragglers,
-        after ``timeout``)."""
-        pending = set(run_ids)
-        try:
-            with anyio.fail_after(timeout):
-                while True:
-                    statuses = await self.statuses()
-                    pending = {r for r in pending if statuses.get(r) not in TERMINAL_STATUSES}
-                    if not pending:
-                        break
-                    await anyio.sleep(interval)
-        except TimeoutError:
-            sample = sorted(pending)[:5]
-            raise TimeoutError(
-                f"{len(pending)} run(s) did not finish within {timeout:g}s, e.g. {sample}"
-            ) from None
-        return await self.views(run_ids)
-
-    async def views(self, run_ids: Iterable[str], *, concurrency: int = 16) -> dict[str, RunView]:
-        """The current view of each run."""
-        views: dict[str, RunView] = {}
-        limiter = anyio.Semaphore(concurrency)
-
-        async def one(run_id: str) -> None:
-            async with limiter:
-                views[run_id] = await self.get(run_id)
-
-        async with anyio.create_task_group() as group:
-            for run_id in run_ids:
-                group.start_soon(one, run_id)
-        return views

@@ -8,7 +8,7 @@ import pytest
 from flowcraft_puller.config import load_config
 from flowcraft_puller.daemon import workflows_from
 from flowcraft_puller.testing.local_stack import LocalStack
-from flowcraft_puller.testing.processes import RunClient
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.workflows import EXAMPLES, example_problems, outputs_of
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft_puller.testing.processes import EmulatorProcess, RunClient
+from flowcraft_puller.testing.processes import EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.executions import Execution, overlapping, read_executions
 from tests.e2e.polling import until

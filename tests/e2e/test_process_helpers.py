@@ -18,7 +18,8 @@ from flowcraft_puller.config import (
     load_config,
 )
 from flowcraft_puller.emulator.queues import DEFAULT_PULL_BATCH
-from flowcraft_puller.testing.processes import EmulatorProcess, RunClient, settings_toml
+from flowcraft_puller.testing.processes import EmulatorProcess, settings_toml
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.workflows import diamond
 
 

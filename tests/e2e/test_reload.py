@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from flowcraft_puller.config import ObservabilityConfig
-from flowcraft_puller.testing.processes import EmulatorProcess, NotifySocket, RunClient
+from flowcraft_puller.testing.notify import NotifySocket
+from flowcraft_puller.testing.processes import EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.executions import read_executions
 from tests.e2e.polling import until

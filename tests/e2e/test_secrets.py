@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from flowcraft_puller.config import ObservabilityConfig
-from flowcraft_puller.testing.processes import EmulatorProcess, RunClient
+from flowcraft_puller.testing.processes import EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.workflows import failing
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from flowcraft_puller.config import DaemonConfig
-from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess, RunClient
+from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.conftest import DaemonFactory
 from tests.e2e.executions import read_executions
 from tests.e2e.polling import until

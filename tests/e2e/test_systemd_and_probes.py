@@ -18,13 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowcraft_puller.config import DaemonConfig
-from flowcraft_puller.testing.processes import (
-    DaemonProcess,
-    EmulatorProcess,
-    Notification,
-    NotifySocket,
-    RunClient,
-)
+from flowcraft_puller.testing.notify import Notification, NotifySocket
+from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.e2e.executions import read_executions
 from tests.e2e.nodes.recording import EXECUTIONS_VARIABLE
 from tests.e2e.polling import until

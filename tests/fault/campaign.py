@@ -32,7 +32,8 @@ from flowcraft_puller.emulator.app import EmulatorConfig
 from flowcraft_puller.emulator.faults import FaultPlan
 from flowcraft_puller.emulator.server import EmulatorServer, run_service
 from flowcraft_puller.runstore.protocol import TERMINAL_STATUSES, RunStoreError, RunView
-from flowcraft_puller.testing.processes import DaemonProcess, RunClient
+from flowcraft_puller.testing.processes import DaemonProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.fault.injectors import (
     JOB_QUEUE,
     coordinator_outage,

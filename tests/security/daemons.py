@@ -17,7 +17,8 @@ from flowcraft_puller.config import (
 )
 from flowcraft_puller.emulator.server import EmulatorServer
 from flowcraft_puller.runstore.protocol import RunView
-from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess, RunClient
+from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 
 STANDARD_NODES_ENTRY = "flowcraft_puller.testing.nodes:STANDARD_NODES"
 JOB_QUEUE = "flowcraft-jobs"

@@ -11,7 +11,7 @@ from flowcraft_puller.daemon import Daemon
 from flowcraft_puller.emulator.server import EmulatorServer
 from flowcraft_puller.testing import STANDARD_NODES
 from flowcraft_puller.testing.local_stack import JOB_QUEUE
-from flowcraft_puller.testing.processes import RunClient
+from flowcraft_puller.testing.runs import RunClient
 from flowcraft_puller.testing.stack import load_blueprints
 from flowcraft_puller.workflows import Workflows
 from tests.security.daemons import emulator_settings

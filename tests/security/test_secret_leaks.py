@@ -10,7 +10,8 @@ import pytest
 
 from flowcraft_puller.config import ObservabilityConfig, Secrets
 from flowcraft_puller.emulator.server import EmulatorServer
-from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess, RunClient
+from flowcraft_puller.testing.processes import DaemonProcess, EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from flowcraft_puller.testing.worker import WorkerProcess
 from tests.e2e.workflows import RECORDING_NODES, ROOT, failing
 from tests.security.routes import emulator_routes, is_admin, protocol_routes

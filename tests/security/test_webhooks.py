@@ -15,7 +15,8 @@ import pytest
 
 from flowcraft_puller.runstore.protocol import RunView
 from flowcraft_puller.testing import STANDARD_NODES, MemoryStack
-from flowcraft_puller.testing.processes import EmulatorProcess, RunClient
+from flowcraft_puller.testing.processes import EmulatorProcess
+from flowcraft_puller.testing.runs import RunClient
 from tests.security.daemons import standard_daemon, wait_for_status
 
 pytestmark = pytest.mark.anyio
