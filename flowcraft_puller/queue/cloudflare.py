@@ -9,13 +9,11 @@ only when the first attempt is known not to have been applied (429, or no connec
 
 from __future__ import annotations
 
-import email.utils
 import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
@@ -28,9 +26,14 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
+from flowcraft_puller.api_client import (
+    ApiClient,
+    RequestObserver,
+    jittered_backoff,
+    retry_after_seconds,
+)
 from flowcraft_puller.queue.decoding import content_type_of, decode_body
 from flowcraft_puller.queue.errors import (
     QueueConfigError,
@@ -91,33 +94,12 @@ def message_size(body: bytes) -> int:
     return len(body) + MESSAGE_OVERHEAD_BYTES
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), ``None`` when absent."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-RequestObserver = Callable[[str, int | None, float], None]
-"""Called as ``observer(endpoint, http_status_or_None, seconds)`` after every HTTP request."""
-
-
-class CloudflareQueue:
+class CloudflareQueue(ApiClient):
     """One queue of the Cloudflare Queues pull API (implements ``Queue`` and ``JobSender``).
 
     ``calls`` counts HTTP requests per endpoint, retries included, so that benchmarks can
@@ -144,8 +126,7 @@ class CloudflareQueue:
         self.retry = retry or RetryPolicy()
         self.calls: Counter[str] = Counter()
         self._observer = observer
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+        super().__init__(client, timeout, limits)
         self._headers = {
             "Authorization": f"Bearer {api_token}",
             "Content-Type": "application/json",
@@ -160,26 +141,7 @@ class CloudflareQueue:
             "send": base,
             "batch": f"{base}/batch",
         }
-        self._backoff = wait_exponential_jitter(
-            multiplier=self.retry.initial_backoff,
-            max=self.retry.max_backoff,
-            jitter=self.retry.initial_backoff,
-        )
-
-    async def __aenter__(self) -> CloudflareQueue:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        self._backoff = jittered_backoff(self.retry.initial_backoff, self.retry.max_backoff)
 
     # ---- Queue ----------------------------------------------------------------------------
 
@@ -363,7 +325,9 @@ class CloudflareQueue:
         code, message = _first_error(envelope)
         described = f"HTTP {status}" + (f", error {code}: {message}" if code is not None else "")
         if status == 429:
-            raise self._rate_limited(endpoint, code, described, _retry_after(response.headers))
+            raise self._rate_limited(
+                endpoint, code, described, retry_after_seconds(response.headers)
+            )
         if status >= 500 or status == 408 or (code is None and status < 400):
             raise QueueUnavailable(
                 f"{self._where(endpoint)} failed ({described})", code=code, http_status=status

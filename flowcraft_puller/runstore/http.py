@@ -7,12 +7,10 @@ Every call is idempotent (protocol §1.2), so every call is retried on connectio
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import quote
 
@@ -26,9 +24,14 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
+from flowcraft_puller.api_client import (
+    ApiClient,
+    RequestObserver,
+    jittered_backoff,
+    retry_after_seconds,
+)
 from flowcraft_puller.runstore.protocol import (
     ERRORS_BY_CODE,
     AttemptsRequest,
@@ -72,8 +75,6 @@ DEFAULT_LIMITS: Final = httpx.Limits(
 )
 
 BatchOp = Literal["claim", "commit", "attempts", "fail", "get"]
-RequestObserver = Callable[[str, int | None, float], None]
-"""Called as ``observer(endpoint, http_status_or_None, seconds)`` after every HTTP request."""
 Sleep = Callable[[float], Awaitable[None]]
 
 _ERRORS_BY_STATUS: Final[dict[int, type[RunStoreError]]] = {
@@ -189,22 +190,6 @@ def decode_result(result: BatchResult, model: type[M], where: str) -> M:
         ) from exc
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), ``None`` when absent."""
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value.strip()))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _loads(content: bytes) -> Any:
     if not content:
         return None
@@ -241,7 +226,7 @@ def _resumed_from_view(request: ResumeRequest, view: RunView) -> ResumeResponse 
     return ResumeResponse(status=view.status, resumed=resumed)
 
 
-class HttpRunStore:
+class HttpRunStore(ApiClient):
     """A :class:`RunStore` at ``base_url`` (ending in ``/v1``) with bearer ``secret``.
 
     One long-lived ``httpx.AsyncClient`` carries every call; a shared ``client`` is used as is
@@ -263,30 +248,10 @@ class HttpRunStore:
         self._observer = observer
         self.retry = retry or RetryPolicy()
         self.counts = RequestCounts()
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=limits)
+        super().__init__(client, timeout, limits)
         self._auth = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
         self._content = {"Content-Type": "application/json"}
-        self._backoff = wait_exponential_jitter(
-            multiplier=self.retry.initial_backoff,
-            max=self.retry.max_backoff,
-            jitter=self.retry.initial_backoff,
-        )
-
-    async def __aenter__(self) -> HttpRunStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        self._backoff = jittered_backoff(self.retry.initial_backoff, self.retry.max_backoff)
 
     # ---- the protocol -------------------------------------------------------------------
 
@@ -464,7 +429,7 @@ class HttpRunStore:
                     self._observer(op, status, time.monotonic() - started)
             result = BatchResult(response.status_code, _loads(response.content))
             if retryable(response.status_code):
-                raise _RetryableStatus(result, _retry_after(response.headers))
+                raise _RetryableStatus(result, retry_after_seconds(response.headers))
             return result
 
         retrying = AsyncRetrying(
