@@ -8,6 +8,9 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Coordinator, runId, startBody, startCoordinator } from "./support/harness.mjs";
 
+/** §8: a request body. */
+const MAX_BODY_BYTES = 4 * 1024 * 1024;
+
 /** §8: one JSON value, as compact UTF-8 JSON. */
 const MAX_VALUE_BYTES = 2_000_000;
 /** A row's columns other than its one value: keys, node ids, counters. */
@@ -168,5 +171,130 @@ describe("row sizes", () => {
     assert.deepEqual(claimed.result, { output, action: null });
     const sizes = await largestRows(id);
     assert.ok((sizes["records"] ?? 0) < 100_000, `a records row holds ${sizes["records"]} bytes`);
+  });
+
+  test("a start request near its size limit keeps every topology row small and reads back unchanged", async () => {
+    const id = runId("rows");
+    const count = 3900;
+    const fanned = Array.from({ length: count }, (_, index) => `P${String(index).padStart(5, "0")}`.padEnd(512, "x"));
+    const looped = fanned.slice(0, 40);
+    /** @type {Record<string, { succs?: string[], join?: "all" | "any", backPreds?: string[] }>} */
+    const topology = { S: { succs: fanned, backPreds: looped } };
+    for (const node of fanned) {
+      topology[node] = { succs: looped.includes(node) ? ["J", "S"] : ["J"] };
+    }
+    topology["J"] = { join: "all" };
+    const body = startBody(topology, ["S"]);
+    assert.ok(Buffer.byteLength(JSON.stringify(body)) <= MAX_BODY_BYTES);
+    assert.ok(
+      Buffer.byteLength(JSON.stringify(fanned)) > MAX_VALUE_BYTES,
+      "S's succs and J's preds pass a row's limit",
+    );
+    await ok(`/v1/runs/${id}/start`, body);
+
+    const expected = [
+      { node: "S", succs: fanned, join: "all", backPreds: looped, preds: looped, gen: 0 },
+      ...fanned.map((node) => ({
+        node,
+        succs: topology[node]?.succs,
+        join: "all",
+        backPreds: [],
+        preds: ["S"],
+        gen: 0,
+      })),
+      { node: "J", succs: [], join: "all", backPreds: [], preds: fanned, gen: 0 },
+    ];
+    assert.deepEqual(await (await worker.probe(id)).topologyRows(), expected);
+    const started = await largestRows(id);
+    for (const [table, size] of Object.entries(started)) {
+      assert.ok(size <= MAX_VALUE_BYTES + ROW_OVERHEAD_BYTES, `a row of ${table} holds ${size} bytes`);
+    }
+
+    const [last] = fanned.slice(-1);
+    assert.ok(last !== undefined);
+    await ok(`/v1/runs/${id}/claim`, { nodeId: "S", token: "s", leaseMs: 60_000, blueprintVersion: null });
+    const fannedOut = await ok(`/v1/runs/${id}/commit`, {
+      nodeId: "S",
+      gen: 0,
+      token: "s",
+      result: { output: null, action: null },
+      arrivals: [last],
+      skips: fanned.slice(0, -1),
+    });
+    assert.deepEqual(fannedOut.released, [{ nodeId: last, gen: 0 }]);
+    const early = await ok(`/v1/runs/${id}/claim`, {
+      nodeId: "J",
+      token: "j",
+      leaseMs: 60_000,
+      blueprintVersion: null,
+    });
+    assert.equal(early.state, "not_ready");
+    await ok(`/v1/runs/${id}/claim`, { nodeId: last, token: "p", leaseMs: 60_000, blueprintVersion: null });
+    const joined = await ok(`/v1/runs/${id}/commit`, {
+      nodeId: last,
+      gen: 0,
+      token: "p",
+      result: { output: null, action: null },
+      arrivals: ["J"],
+    });
+    assert.deepEqual(joined.released, [{ nodeId: "J", gen: 0 }]);
+    const claimed = await ok(`/v1/runs/${id}/claim`, {
+      nodeId: "J",
+      token: "j",
+      leaseMs: 60_000,
+      blueprintVersion: null,
+    });
+    assert.equal(claimed.state, "run");
+    const finished = await ok(`/v1/runs/${id}/commit`, {
+      nodeId: "J",
+      gen: 0,
+      token: "j",
+      result: { output: "joined", action: null },
+    });
+    assert.equal(finished.status, "completed");
+
+    const view = (await worker.get(`/v1/runs/${id}`)).body;
+    assert.deepEqual(Object.keys(view.nodes), ["S", ...fanned, "J"]);
+    const states = Object.fromEntries(Object.entries(view.nodes).map(([node, shown]) => [node, shown.state]));
+    assert.deepEqual(states, {
+      S: "completed",
+      ...Object.fromEntries(fanned.map((node) => [node, node === last ? "completed" : "skipped"])),
+      J: "completed",
+    });
+    const sizes = await largestRows(id);
+    for (const [table, size] of Object.entries(sizes)) {
+      assert.ok(size <= MAX_VALUE_BYTES + ROW_OVERHEAD_BYTES, `a row of ${table} holds ${size} bytes`);
+    }
+    assert.deepEqual(await (await worker.probe(id)).topologyRows(), expected);
+  });
+
+  test("a topology whose long lists are stored inline, as before they were spilled, reads the same", async () => {
+    const id = runId("rows");
+    const fanned = Array.from({ length: 100 }, (_, index) => `Q${index}`.padEnd(512, "\u00e9"));
+    const topology = Object.fromEntries([["S", { succs: fanned }], ...fanned.map((node) => [node, { succs: ["J"] }])]);
+    await ok(`/v1/runs/${id}/start`, startBody({ ...topology, J: { join: "all" } }, ["S"]));
+    const probe = await worker.probe(id);
+    const rows = await probe.topologyRows();
+    const owners = (await probe.rows("spill")).map((/** @type {any} */ row) => row.owner).sort();
+    assert.deepEqual(owners, [`topology/preds/${fanned.length + 1}`, "topology/succs/0"]);
+    const before = (await worker.get(`/v1/runs/${id}`)).body;
+
+    await probe.inlineTopologyLists();
+    assert.deepEqual(await probe.rows("spill"), []);
+    assert.ok(((await largestRows(id))["topology"] ?? 0) > 100_000, "the lists are back in their rows");
+    assert.deepEqual((await worker.get(`/v1/runs/${id}`)).body, before);
+    assert.deepEqual(await probe.topologyRows(), rows);
+    await ok(`/v1/runs/${id}/claim`, { nodeId: "S", token: "s", leaseMs: 60_000, blueprintVersion: null });
+    const committed = await ok(`/v1/runs/${id}/commit`, {
+      nodeId: "S",
+      gen: 0,
+      token: "s",
+      result: { output: null, action: null },
+      arrivals: fanned,
+    });
+    assert.deepEqual(
+      committed.released,
+      fanned.map((nodeId) => ({ nodeId, gen: 0 })),
+    );
   });
 });

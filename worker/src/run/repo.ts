@@ -33,10 +33,11 @@ type MetaColumns = {
 
 type TopologyColumns = {
   node: string;
-  succs: string;
+  ord: number;
+  succs: SqlStorageValue;
   join_mode: string;
-  back_preds: string;
-  preds: string;
+  back_preds: SqlStorageValue;
+  preds: SqlStorageValue;
   gen: number;
 };
 
@@ -99,6 +100,17 @@ function metaValues(meta: Meta): unknown[] {
 const SPILL_COLUMNS = ["arrivals", "dynamic_preds", "last_error", "result", "released", "awaiting"] as const;
 type SpillColumn = (typeof SPILL_COLUMNS)[number];
 type SpillTexts = Record<SpillColumn, string | null>;
+
+/**
+ * The topology columns holding node lists: with 512-character ids, one list may take most of a
+ * 4 MiB start request (§8), so a long one is spilled like a record text.
+ */
+type TopologyList = "succs" | "back_preds" | "preds";
+
+/** Topology lists are owned by the node's place in the start request (rows never move or go). */
+function topologyOwner(column: TopologyList, ord: number): string {
+  return `topology/${column}/${ord}`;
+}
 
 function contextOwner(ord: number): string {
   return `context/${ord}`;
@@ -222,15 +234,17 @@ export class RunRepo {
   // ---- topology and dynamic nodes ------------------------------------------------------
 
   insertTopology(rows: readonly TopologyRow[]): void {
-    rows.forEach((row, index) => {
+    rows.forEach((row, ord) => {
+      const list = (column: TopologyList, nodes: readonly string[]): string | ArrayBuffer | null =>
+        this.spill.replace(topologyOwner(column, ord), undefined, JSON.stringify(nodes));
       this.sql.exec(
         "INSERT INTO topology (node, ord, succs, join_mode, back_preds, preds, gen) VALUES (?, ?, ?, ?, ?, ?, ?)",
         row.node,
-        index,
-        JSON.stringify(row.succs),
+        ord,
+        list("succs", row.succs),
         row.join,
-        JSON.stringify(row.backPreds),
-        JSON.stringify(row.preds),
+        list("back_preds", row.backPreds),
+        list("preds", row.preds),
         row.gen,
       );
       this.topologyCache.set(row.node, row);
@@ -241,7 +255,7 @@ export class RunRepo {
     let row = this.topologyCache.get(node);
     if (row === undefined) {
       const found = this.sql.exec<TopologyColumns>("SELECT * FROM topology WHERE node = ?", node).toArray()[0];
-      row = found === undefined ? null : topologyFromRow(found);
+      row = found === undefined ? null : this.topologyFromRow(found);
       this.topologyCache.set(node, row);
     }
     return row ?? undefined;
@@ -250,7 +264,28 @@ export class RunRepo {
   /** Every topology node, in the order the start request listed them. */
   topologyNodes(): TopologyRow[] {
     const rows = this.sql.exec<TopologyColumns>("SELECT * FROM topology ORDER BY ord").toArray();
-    return rows.map((found) => this.topology(found.node) ?? topologyFromRow(found));
+    return rows.map((found) => {
+      let row = this.topologyCache.get(found.node);
+      if (row === undefined || row === null) {
+        row = this.topologyFromRow(found);
+        this.topologyCache.set(found.node, row);
+      }
+      return row;
+    });
+  }
+
+  /** A topology row as stored; only a spilled list (its marker in the row) costs a read of `spill`. */
+  private topologyFromRow(row: TopologyColumns): TopologyRow {
+    const list = (column: TopologyList): string[] =>
+      parseText<string[]>(this.spill.load(topologyOwner(column, row.ord), row[column]) ?? "[]");
+    return {
+      node: row.node,
+      succs: list("succs"),
+      join: row.join_mode as JoinMode,
+      backPreds: list("back_preds"),
+      preds: list("preds"),
+      gen: row.gen,
+    };
   }
 
   setGen(row: TopologyRow, gen: number): void {
@@ -585,15 +620,4 @@ export class RunRepo {
     cached.texts = texts;
     cached.stored = stored;
   }
-}
-
-function topologyFromRow(row: TopologyColumns): TopologyRow {
-  return {
-    node: row.node,
-    succs: parseText<string[]>(row.succs),
-    join: row.join_mode as JoinMode,
-    backPreds: parseText<string[]>(row.back_preds),
-    preds: parseText<string[]>(row.preds),
-    gen: row.gen,
-  };
 }

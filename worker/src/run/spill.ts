@@ -3,7 +3,8 @@
  *
  * Durable Object SQLite limits a row (and a string) to 2 MB, yet one record can hold several
  * values of up to 2,000,000 bytes each (§8): a result, awaiting details, an awaiting result and a
- * delivered resolution. So a column text longer than {@link INLINE_CHARS} is not stored in its
+ * delivered resolution; and one topology node's node lists may each take most of a 4 MiB start
+ * request. So a column text longer than {@link INLINE_CHARS} is not stored in its
  * row: the row holds {@link SPILLED}, a zero-length BLOB (no text column of the old layout ever
  * held a BLOB), and the text lives in the `spill` table, cut into parts of at most
  * {@link PART_CHARS} UTF-16 code units (≤ 1.5 MB of UTF-8), keyed by an owner string naming the

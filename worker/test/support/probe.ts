@@ -3,7 +3,9 @@
  * tests can see what alarms and sends did to storage (the outbox, expired keys, retention).
  */
 
+import type { TopologyRow } from "../../src/run/model";
 import { RunObject } from "../../src/run/object";
+import { RunRepo } from "../../src/run/repo";
 import { schemaExists } from "../../src/run/schema";
 
 export { default } from "../../src/index";
@@ -65,6 +67,27 @@ export class RunObjectProbe extends RunObject {
     }
     sql.exec("DROP TABLE spill");
     this.ctx.abort("reverted to the inline layout");
+  }
+
+  /** The topology as the run's repository reads it back (lists joined from their spilled parts). */
+  topologyRows(): TopologyRow[] {
+    return new RunRepo(this.ctx.storage.sql).topologyNodes();
+  }
+
+  /**
+   * Put the topology's spilled lists back in their rows, as the version before topology spilling
+   * stored them (each call reads its rows afresh, so the next one sees this layout).
+   */
+  inlineTopologyLists(): void {
+    const sql = this.ctx.storage.sql;
+    for (const column of ["succs", "back_preds", "preds"]) {
+      sql.exec(
+        `UPDATE topology SET ${column} = (SELECT group_concat(text, '') FROM
+          (SELECT text FROM spill WHERE owner = 'topology/${column}/' || topology.ord ORDER BY part))
+          WHERE typeof(${column}) = 'blob'`,
+      );
+    }
+    sql.exec("DELETE FROM spill WHERE owner LIKE 'topology/%'");
   }
 
   /** Whether the object holds a run at all. */
