@@ -219,6 +219,11 @@ class CliProcess:
         """How many times the process was spawned."""
         self._process: anyio.abc.Process | None = None
         self._log = LogReader(self.stdout_path)
+        self._http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        """Spawn the command and wait until it is ready for use."""
+        raise NotImplementedError
 
     def arguments(self) -> list[str]:
         """The command's arguments after ``flowcraft-puller``."""
@@ -317,9 +322,26 @@ class CliProcess:
             await self.wait()
         return self.returncode
 
+    def http(self) -> httpx.AsyncClient:
+        """The client for this process's HTTP routes (made on first use, closed by ``aclose``)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=10.0)
+        return self._http
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
     async def aclose(self) -> None:
-        """Stop the process (if running) and release the HTTP clients of this object."""
+        """Stop the process (if running) and release the HTTP client of this object."""
         await self.stop()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def __aexit__(
         self,
@@ -403,7 +425,6 @@ class EmulatorProcess(CliProcess):
         """More ``flowcraft-puller emulator`` options (``--message-retries 1`` …)."""
         self.account_id = ""
         self.queue_ids: dict[str, str] = {}
-        self._admin: httpx.AsyncClient | None = None
 
     def arguments(self) -> list[str]:
         arguments = ["emulator", "--host", LOOPBACK, "--port", str(self.port)]
@@ -444,11 +465,9 @@ class EmulatorProcess(CliProcess):
         self.port = int(str(listening["url"]).rsplit(":", 1)[1])
         self.account_id = str(listening["account_id"])
         self.queue_ids = {str(k): str(v) for k, v in dict(listening["queues"]).items()}
-        if self._admin is None:
-            self._admin = httpx.AsyncClient(timeout=10.0)
         while True:
             try:
-                (await self._admin.get(f"{self.url}/_emulator/queues")).raise_for_status()
+                (await self.http().get(f"{self.url}/_emulator/queues")).raise_for_status()
                 return
             except httpx.TransportError:
                 if not self.running:
@@ -460,26 +479,12 @@ class EmulatorProcess(CliProcess):
         await self.stop(timeout)
         await self.start(timeout)
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        if self._admin is not None:
-            await self._admin.aclose()
-            self._admin = None
-
     # ---- admin routes -------------------------------------------------------------------
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        if self._admin is None:
+        if not self.account_id:
             raise ProcessFailed("the emulator is not started")
-        response = await self._admin.request(method, f"{self.url}/_emulator/{path}", json=body)
+        response = await self.http().request(method, f"{self.url}/_emulator/{path}", json=body)
         response.raise_for_status()
         return response.json()
 
@@ -588,7 +593,6 @@ class DaemonProcess(CliProcess):
         self.pythonpath = list(pythonpath)
         self.health_port = free_port()
         self.config_path = directory / "config.toml"
-        self._http: httpx.AsyncClient | None = None
         self.write_config(settings)
         for blueprint in blueprints:
             self.add_blueprint(blueprint)
@@ -652,31 +656,12 @@ class DaemonProcess(CliProcess):
     async def probe(self, path: str) -> int | None:
         """The HTTP status of ``GET path`` on the probe server; None when nothing answers."""
         try:
-            return (await self._client().get(self.health_url + path)).status_code
+            return (await self.http().get(self.health_url + path)).status_code
         except httpx.TransportError:
             return None
 
     async def metrics(self) -> str:
         """The Prometheus text exposition of ``/metrics``."""
-        response = await self._client().get(self.health_url + "/metrics")
+        response = await self.http().get(self.health_url + "/metrics")
         response.raise_for_status()
         return response.text
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=5.0)
-        return self._http
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
