@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar, get_args
 from urllib.parse import unquote
@@ -344,23 +345,31 @@ class RunService:
         """Every entry in entry order. The Worker runs the entries of different runs
         concurrently; the emulator's store answers without waiting on anything but its own
         job queue, so one after another gives the same answers without a task per run. The
-        entries share one SQLite transaction (each atomic on its own) and one outbox send."""
+        entries share one SQLite transaction (each atomic on its own), one snapshot write per
+        run and one outbox send."""
         entries = validate(_BatchRequest, _parse_json(body)).entries
-        async with self.store.grouped():
-            results = [await self._entry(entry, index) for index, entry in enumerate(entries)]
-        return _json({"results": results})
+        outcomes = await self.store.run_grouped(
+            [partial(self._call, entry.op, entry.run_id, entry.body) for entry in entries]
+        )
+        pairs = enumerate(zip(entries, outcomes, strict=True))
+        return _json({"results": [_entry_result(entry, i, out) for i, (entry, out) in pairs]})
 
-    async def _entry(self, entry: _BatchEntry, index: int) -> dict[str, Any]:
-        """One batch entry's ``{status, body}``; its failure never affects the others."""
-        try:
-            answer = await self._call(entry.op, entry.run_id, entry.body)
-        except RunStoreError as exc:
-            return {"status": exc.http_status, "body": _error_body(exc)}
-        except Exception:
-            log.exception("batch entry failed", op=entry.op, run_id=entry.run_id, entry=index)
-            internal = RunStoreError("internal error; the emulator log has the details")
-            return {"status": internal.http_status, "body": _error_body(internal)}
-        return {"status": 200, "body": _dump(answer)}
+
+def _entry_result(entry: _BatchEntry, index: int, outcome: BaseModel | Exception) -> dict[str, Any]:
+    """One batch entry's ``{status, body}``; its failure never affects the others."""
+    if isinstance(outcome, RunStoreError):
+        return {"status": outcome.http_status, "body": _error_body(outcome)}
+    if isinstance(outcome, Exception):
+        log.error(
+            "batch entry failed",
+            op=entry.op,
+            run_id=entry.run_id,
+            entry=index,
+            exc_info=outcome,
+        )
+        internal = RunStoreError("internal error; the emulator log has the details")
+        return {"status": internal.http_status, "body": _error_body(internal)}
+    return {"status": 200, "body": _dump(outcome)}
 
 
 def _int_param(value: str | None, name: str, low: int, high: int | None) -> int | None:

@@ -7,9 +7,10 @@ that transaction committed, the rows are sent to the job queue and deleted; rows
 failed stay and are re-sent by the sweeper, which also expires coordination keys and status
 records and deletes finished runs after the retention period.
 
-Inside :meth:`SqliteRunStore.grouped` (the emulator's ``/v1/batch``) the calls share one
-transaction, each in a savepoint of its own, and their outbox rows are sent once it committed:
-one commit and one send per batch instead of two commits and a send per call.
+:meth:`SqliteRunStore.run_grouped` (the emulator's ``/v1/batch``) runs calls in one
+transaction, each in a savepoint of its own, writes each changed run's snapshot once at the end
+and sends the outbox rows once it committed: one commit, one snapshot per run and one send per
+batch instead of a commit, a snapshot and a send per call.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -108,11 +109,21 @@ class _OutboxRow:
 
 @dataclass(slots=True)
 class _Group:
-    """A :meth:`SqliteRunStore.grouped` transaction: the outbox rows its calls wrote (sent once
-    it committed) and the runs they changed."""
+    """A :meth:`SqliteRunStore.run_grouped` transaction: the outbox rows its calls wrote (sent
+    once it committed) and the runs they changed (their snapshots are written at its end)."""
 
     rows: list[_OutboxRow] = field(default_factory=list)
-    runs: set[str] = field(default_factory=set)
+    changed: dict[str, RunState] = field(default_factory=dict)
+    spoiled: bool = False
+    """A call failed on a run an earlier call of the group changed. Its last written snapshot
+    predates that change, so the call cannot be undone alone: the group must roll back."""
+
+
+async def _outcome(call: Callable[[], Awaitable[T]]) -> T | Exception:
+    try:
+        return await call()
+    except Exception as exc:
+        return exc
 
 
 def _chunks(rows: list[_OutboxRow]) -> Iterator[list[_OutboxRow]]:
@@ -174,7 +185,7 @@ class SqliteRunStore(MemoryRunStore):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A transaction, or a savepoint within the open :meth:`grouped` one."""
+        """A transaction, or a savepoint within the open :meth:`run_grouped` one."""
         if self._group is not None:
             self._db.execute("SAVEPOINT call")
             try:
@@ -193,54 +204,72 @@ class SqliteRunStore(MemoryRunStore):
             raise
         self._db.execute("COMMIT")
 
-    @asynccontextmanager
-    async def grouped(self) -> AsyncIterator[None]:
-        """Run the calls made inside in one transaction (each still atomic on its own) and send
-        their outbox rows once it committed. If the transaction cannot begin, each call commits
-        on its own; if it cannot commit, the runs it touched are reloaded and the error raised."""
-        if self._group is not None:
-            yield
-            return
+    async def run_grouped(self, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T | Exception]:
+        """Each call's answer or exception, in order: the calls share one transaction (each
+        still atomic on its own) and their outbox rows are sent once it committed. When a call
+        fails on a run an earlier call changed, the group is rolled back and the calls run
+        again one after another, each committing on its own; so they do when the transaction
+        cannot begin. If it cannot commit, the runs it touched are reloaded and the error
+        raised."""
         try:
             self._db.execute("BEGIN")
         except sqlite3.Error:
-            began = False
-        else:
-            began = True
-        if not began:
-            yield
-            return
+            return [await _outcome(call) for call in calls]
         group = self._group = _Group()
         try:
-            yield
-        finally:
+            outcomes = [await _outcome(call) for call in calls]
+        except BaseException:
             self._group = None
-            self._sending.difference_update(row.id for row in group.rows)
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                with suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                for run_id in group.runs:
-                    self._reload(run_id)
-                raise
+            self._roll_back(group)
+            raise
+        self._group = None
+        self._sending.difference_update(row.id for row in group.rows)
+        if group.spoiled:
+            self._roll_back(group)
+            return [await _outcome(call) for call in calls]
+        try:
+            for run in group.changed.values():
+                self._write_snapshot(run)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._roll_back(group)
+            raise
         if group.rows:
             await self._deliver(group.rows)
+        return outcomes
+
+    def _roll_back(self, group: _Group) -> None:
+        """Undo a group: its transaction, its changes to the cached runs, and the memo of
+        status records it wrote (so the next change writes them again)."""
+        with suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+        for run_id in group.changed:
+            self._reload(run_id)
+            self._status_written.pop(run_id, None)
+
+    def _write_snapshot(self, run: RunState) -> None:
+        self._db.execute(
+            "INSERT INTO runs (run_id, snapshot, finished_at_ms, next_expiry_ms)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
+            " snapshot = excluded.snapshot, finished_at_ms = excluded.finished_at_ms,"
+            " next_expiry_ms = excluded.next_expiry_ms",
+            (run.run_id, self._encoder.encode(run), run.finished_at_ms, run.next_expiry_ms()),
+        )
 
     def _persist(
         self, run: RunState, jobs: list[OutboxJob], record: dict[str, Any] | None, now: int
     ) -> list[_OutboxRow]:
-        """Write the run's snapshot, its new outbox rows and its status record atomically."""
-        data = self._encoder.encode(run)
+        """Write the run's snapshot (at the end of an open group), its new outbox rows and its
+        status record atomically."""
+        group = self._group
+        if group is not None:
+            group.changed[run.run_id] = run
+            if not jobs and record is None:
+                return []
         rows = []
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO runs (run_id, snapshot, finished_at_ms, next_expiry_ms)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET"
-                " snapshot = excluded.snapshot, finished_at_ms = excluded.finished_at_ms,"
-                " next_expiry_ms = excluded.next_expiry_ms",
-                (run.run_id, data, run.finished_at_ms, run.next_expiry_ms()),
-            )
+            if group is None:
+                self._write_snapshot(run)
             for job in jobs:
                 body = orjson.dumps(job.body)
                 cursor = db.execute(
@@ -282,7 +311,11 @@ class SqliteRunStore(MemoryRunStore):
         try:
             return await call
         except Exception:
-            self._reload(run_id)
+            group = self._group
+            if group is not None and run_id in group.changed:
+                group.spoiled = True
+            else:
+                self._reload(run_id)
             raise
 
     async def _after(self, run: RunState) -> None:
@@ -295,7 +328,6 @@ class SqliteRunStore(MemoryRunStore):
             self._status_written_at(run, now)
         if self._group is not None:
             self._group.rows.extend(rows)
-            self._group.runs.add(run.run_id)
             self._sending.update(row.id for row in rows)
         elif rows:
             await self._deliver(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -13,9 +15,11 @@ from flowcraft_puller.runstore.protocol import (
     BadRequest,
     ClaimRequest,
     CommitRequest,
+    CommitResponse,
     DynamicSpec,
     Op,
     OpsRequest,
+    OpsResponse,
     Resolution,
     RunNotFound,
     StartRequest,
@@ -248,11 +252,13 @@ async def test_grouped_calls_send_their_jobs_once_the_group_committed(tmp_path: 
     for run_id in ("r1", "r2"):
         await store.start(run_id, start_request({"A": ["B"], "B": []}, ["A"]))
     sender.batches.clear()
-    async with store.grouped():
-        for run_id in ("r1", "r2"):
-            await store.claim(run_id, claim("A"))
-            await store.commit(run_id, done("A", arrivals=["B"]))
+
+    async def claim_and_commit(run_id: str) -> None:
+        await store.claim(run_id, claim("A"))
+        await store.commit(run_id, done("A", arrivals=["B"]))
         assert sender.batches == []
+
+    await store.run_grouped([partial(claim_and_commit, "r1"), partial(claim_and_commit, "r2")])
     assert sender.batches == [
         [OutgoingMessage(job("r1", "B"), 0), OutgoingMessage(job("r2", "B"), 0)]
     ]
@@ -264,6 +270,10 @@ async def test_grouped_calls_send_their_jobs_once_the_group_committed(tmp_path: 
     reopened.close()
 
 
+def increment(store: SqliteRunStore, key: str) -> Callable[[], Awaitable[OpsResponse]]:
+    return partial(store.ops, "r1", OpsRequest(ops=[Op(op="increment", key=key)]))
+
+
 @pytest.mark.anyio
 async def test_a_refused_call_in_a_group_leaves_the_others_in_place(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
@@ -271,17 +281,64 @@ async def test_a_refused_call_in_a_group_leaves_the_others_in_place(tmp_path: Pa
     await store.start("r1", start_request({"A": []}, ["A"]))
     await store.ops("r1", OpsRequest(ops=[Op(op="setIfNotExist", key="s", value="text")]))
     refused = [Op(op="context.set", key="half", value=1), Op(op="increment", key="s")]
-    async with store.grouped():
-        await store.ops("r1", OpsRequest(ops=[Op(op="increment", key="n")]))
-        with pytest.raises(BadRequest):
-            await store.ops("r1", OpsRequest(ops=refused))
-        await store.ops("r1", OpsRequest(ops=[Op(op="increment", key="n")]))
+    outcomes = await store.run_grouped(
+        [
+            increment(store, "n"),
+            partial(store.ops, "r1", OpsRequest(ops=refused)),
+            increment(store, "n"),
+        ]
+    )
+    assert [type(outcome) for outcome in outcomes] == [OpsResponse, BadRequest, OpsResponse]
+    assert [outcome.results for outcome in outcomes if isinstance(outcome, OpsResponse)] == [
+        [1],
+        [2],
+    ]
     expected = await store.get("r1")
     assert "half" not in expected.context
     store.close()
     reopened = SqliteRunStore(path, Sender())
     assert await reopened.get("r1") == expected
     assert (await reopened.ops("r1", OpsRequest(ops=[Op(op="get", key="n")]))).results == [2]
+    reopened.close()
+
+
+@pytest.mark.anyio
+async def test_a_group_writes_each_changed_run_once_at_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    store = SqliteRunStore(path, Sender())
+    await store.start("r1", start_request({"A": []}, ["A"]))
+    writes: list[str] = []
+    store._db.set_trace_callback(writes.append)
+    await store.run_grouped([increment(store, "n") for _ in range(5)])
+    store._db.set_trace_callback(None)
+    assert sum("INSERT INTO runs" in statement for statement in writes) == 1
+    store.close()
+    reopened = SqliteRunStore(path, Sender())
+    assert (await reopened.ops("r1", OpsRequest(ops=[Op(op="get", key="n")]))).results == [5]
+    reopened.close()
+
+
+@pytest.mark.anyio
+async def test_a_rolled_back_group_writes_the_status_records_it_had_written_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runs.sqlite"
+    store = SqliteRunStore(path, Sender(), clock_ms=Clock())
+    await store.start("r1", start_request({"A": []}, ["A"]))
+    await store.claim("r1", claim("A"))
+    outcomes = await store.run_grouped(
+        [
+            partial(store.commit, "r1", done("A")),
+            partial(store.commit, "r1", done("B")),
+        ]
+    )
+    assert [type(outcome) for outcome in outcomes] == [CommitResponse, BadRequest]
+    record = store.status_record("r1")
+    assert record is not None
+    assert record["status"] == "completed"
+    store.close()
+    reopened = SqliteRunStore(path, Sender())
+    assert (await reopened.get("r1")).status == "completed"
     reopened.close()
 
 
