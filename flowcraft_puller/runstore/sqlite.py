@@ -166,7 +166,7 @@ class SqliteRunStore(MemoryRunStore):
         self._sending: set[int] = set()
         self._encoder = SnapshotEncoder()
         self._group: _Group | None = None
-        """The open :meth:`grouped` transaction, if any."""
+        """The open :meth:`run_grouped` transaction, if any."""
         # Built by one thread, then used only by the event loop's thread (never both at once).
         self._db = sqlite3.connect(
             ":memory:" if path is None else path, isolation_level=None, check_same_thread=False
