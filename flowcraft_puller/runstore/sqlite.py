@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS status_records (
     record BLOB NOT NULL,
     expires_at_s INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS status_records_by_status ON status_records (status, run_id);
 """
 
 
@@ -397,12 +398,18 @@ class SqliteRunStore(MemoryRunStore):
         cursor: str | None = None,
     ) -> RunList:
         now_s = self._now() / 1000
+        where = ["expires_at_s > :now"]
+        if cursor is not None:
+            where.append("run_id > :cursor")
+        if status is not None:
+            where.append("status = :status")
+        if stale_seconds is not None:
+            where.append("last_updated <= :now - :stale")
+        # Conditions are left out rather than written "(:x IS NULL OR …)", which keeps SQLite
+        # from using status_records_by_status for a listing by status.
         rows = self._db.execute(
             "SELECT run_id, status, last_updated, blueprint_id FROM status_records"
-            " WHERE expires_at_s > :now AND (:cursor IS NULL OR run_id > :cursor)"
-            " AND (:status IS NULL OR status = :status)"
-            " AND (:stale IS NULL OR last_updated <= :now - :stale)"
-            " ORDER BY run_id LIMIT :limit",
+            f" WHERE {' AND '.join(where)} ORDER BY run_id LIMIT :limit",
             {
                 "now": now_s,
                 "cursor": cursor,

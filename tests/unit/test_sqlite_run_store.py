@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -204,6 +205,33 @@ async def test_status_records_expire_after_their_ttl() -> None:
     assert store.expire_status_records() == 1
     assert store.status_record("r1") is None
     assert (await store.list_runs()).runs == []
+
+
+@pytest.mark.anyio
+async def test_runs_are_listed_by_status_and_staleness_page_by_page() -> None:
+    clock = Clock()
+    store = SqliteRunStore(None, Sender(), clock_ms=clock)
+    for index in range(6):
+        await store.start(f"r{index}", start_request({"A": []}, ["A"]))
+    clock.ms += 30_000
+    for run_id in ("r1", "r4"):
+        await store.claim(run_id, claim("A"))
+        await store.commit(run_id, done("A"))
+
+    async def pages(**filters: Any) -> list[list[str]]:
+        found, cursor = [], None
+        while True:
+            listing = await store.list_runs(limit=2, cursor=cursor, **filters)
+            found.append([summary.run_id for summary in listing.runs])
+            if (cursor := listing.cursor) is None:
+                return found
+
+    assert await pages(status="running") == [["r0", "r2"], ["r3", "r5"], []]
+    assert await pages(status="completed") == [["r1", "r4"], []]
+    assert await pages(status="running", stale_seconds=20) == [["r0", "r2"], ["r3", "r5"], []]
+    assert await pages(stale_seconds=20) == [["r0", "r2"], ["r3", "r5"], []]
+    assert await pages() == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"], []]
+    store.close()
 
 
 @pytest.mark.anyio
