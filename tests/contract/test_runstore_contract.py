@@ -1424,6 +1424,29 @@ def test_batch_applies_the_entries_of_one_run_in_order(http: httpx.Client) -> No
     assert results[4]["body"]["status"] == "completed"
 
 
+def test_an_entry_refused_after_an_earlier_change_to_its_run_leaves_no_trace(
+    http: httpx.Client,
+) -> None:
+    run_id = start(http, {"A": ["B"], "B": []}, ["A"])
+    results = batch(
+        http,
+        ("claim", run_id, {"nodeId": "A", "token": "t", "leaseMs": LEASE_MS}),
+        ("commit", run_id, commit_body("A", token="t", writes={"x": 1}, arrivals=["nowhere"])),
+        ("commit", run_id, commit_body("B", token="t", writes={"x": 2})),
+        ("attempts", run_id, {"nodeId": "A", "gen": 0, "token": "t", "attempts": 1}),
+        ("commit", run_id, commit_body("A", token="t", writes={"y": 3}, arrivals=["B"])),
+        ("get", run_id, {}),
+    )
+    assert [r["status"] for r in results] == [200, 400, 409, 200, 200, 200]
+    assert results[4]["body"]["released"] == [{"nodeId": "B", "gen": 0}]
+    for after in (results[5]["body"], view(http, run_id)):
+        assert "x" not in after["context"]
+        assert after["context"]["y"] == 3
+        assert after["nodes"]["A"]["state"] == "completed"
+        assert after["nodes"]["A"]["attempts"] == 1
+        assert after["nodes"]["B"]["state"] == "released"
+
+
 def test_batch_entries_for_many_runs(http: httpx.Client) -> None:
     run_ids = [start(http, {"A": []}, ["A"]) for _ in range(20)]
     claims = batch(
