@@ -220,11 +220,11 @@ class SqliteRunStore(MemoryRunStore):
         try:
             outcomes = [await _outcome(call) for call in calls]
         except BaseException:
-            self._group = None
             self._roll_back(group)
             raise
-        self._group = None
-        self._sending.difference_update(row.id for row in group.rows)
+        finally:
+            self._group = None
+            self._sending.difference_update(row.id for row in group.rows)
         if group.spoiled:
             self._roll_back(group)
             return [await _outcome(call) for call in calls]

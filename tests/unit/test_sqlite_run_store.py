@@ -346,6 +346,33 @@ async def test_a_group_writes_each_changed_run_once_at_its_end(tmp_path: Path) -
     reopened.close()
 
 
+class Interrupted(BaseException):
+    """Stands in for a cancellation arriving in the middle of a group."""
+
+
+@pytest.mark.anyio
+async def test_a_group_cut_short_is_undone_and_its_outbox_rows_are_forgotten() -> None:
+    sender = Sender()
+    store = SqliteRunStore(None, sender)
+    await store.start("r1", start_request({"A": ["B"], "B": []}, ["A"]))
+    await store.claim("r1", claim("A"))
+    sender.batches.clear()
+
+    async def interrupt() -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        await store.run_grouped([partial(store.commit, "r1", done("A", arrivals=["B"])), interrupt])
+    assert sender.batches == []
+    assert (await store.get("r1")).nodes["B"].state == "idle"
+    sender.failures = 1
+    committed = await store.commit("r1", done("A", arrivals=["B"]))
+    assert [ref.node_id for ref in committed.released] == ["B"]
+    assert await store.resend_outbox() == 1
+    assert sender.bodies == [job("r1", "B")]
+    store.close()
+
+
 @pytest.mark.anyio
 async def test_a_rolled_back_group_writes_the_status_records_it_had_written_again(
     tmp_path: Path,
