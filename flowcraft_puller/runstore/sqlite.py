@@ -127,6 +127,10 @@ async def _outcome(call: Callable[[], Awaitable[T]]) -> T | Exception:
         return exc
 
 
+async def _one_by_one(calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T | Exception]:
+    return [await _outcome(call) for call in calls]
+
+
 def _chunks(rows: list[_OutboxRow]) -> Iterator[list[_OutboxRow]]:
     """Rows in ``send_batch`` calls of at most 100 messages and 256 KB (Cloudflare's limits)."""
     chunk: list[_OutboxRow] = []
@@ -208,17 +212,21 @@ class SqliteRunStore(MemoryRunStore):
     async def run_grouped(self, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T | Exception]:
         """Each call's answer or exception, in order: the calls share one transaction (each
         still atomic on its own) and their outbox rows are sent once it committed. When a call
-        fails on a run an earlier call changed, the group is rolled back and the calls run
-        again one after another, each committing on its own; so they do when the transaction
-        cannot begin. If it cannot commit, the runs it touched are reloaded and the error
-        raised."""
+        fails on a run an earlier call changed, the group stops there, is rolled back, and the
+        calls run again one after another, each committing on its own; so they do when the
+        transaction cannot begin. If it cannot commit, the runs it touched are reloaded and the
+        error raised."""
         try:
             self._db.execute("BEGIN")
         except sqlite3.Error:
-            return [await _outcome(call) for call in calls]
+            return await _one_by_one(calls)
         group = self._group = _Group()
+        outcomes: list[T | Exception] = []
         try:
-            outcomes = [await _outcome(call) for call in calls]
+            for call in calls:
+                outcomes.append(await _outcome(call))
+                if group.spoiled:
+                    break
         except BaseException:
             self._roll_back(group)
             raise
@@ -227,7 +235,7 @@ class SqliteRunStore(MemoryRunStore):
             self._sending.difference_update(row.id for row in group.rows)
         if group.spoiled:
             self._roll_back(group)
-            return [await _outcome(call) for call in calls]
+            return await _one_by_one(calls)
         try:
             for run in group.changed.values():
                 self._write_snapshot(run)
